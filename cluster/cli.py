@@ -1,0 +1,215 @@
+"""The ``agora`` command line: up, down, status, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from cluster import infra
+from cluster.settings import Settings, get_settings
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+async def _migrate_and_seed(database_url: str, products: int) -> tuple[list[int], int]:
+    from cluster.db import connect, migrate
+    from cluster.seed import seed_catalog
+
+    conn = await connect(database_url)
+    try:
+        applied = await migrate(conn)
+        seeded = await seed_catalog(conn, products) if products else 0
+    finally:
+        await conn.close()
+    return applied, seeded
+
+
+def connect_ray(settings: Settings) -> None:
+    """Connect this process to our Ray head (token auth, our namespace)."""
+    # Ray reads its auth settings when it is first imported: set them before.
+    os.environ.update(infra.ray_env(settings))
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=infra.ray_address(settings),
+            namespace=settings.ray_namespace,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+
+
+def _wait_ready(settings: Settings, timeout: float) -> None:
+    url = f"http://{settings.http_host}:{settings.http_port}/readyz"
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+def up(settings: Settings) -> None:
+    from cluster.services import ensure_cart_token_secret
+
+    started = time.monotonic()
+    urls = infra.start_services(settings)
+    ensure_cart_token_secret(settings)
+    _say("services: " + ", ".join(f"{k}={_redact(v)}" for k, v in urls.items()))
+    applied, seeded = asyncio.run(_migrate_and_seed(urls["database"], settings.seed_products))
+    if applied:
+        _say(f"migrations applied: {applied}")
+    if seeded:
+        _say(f"demo catalog seeded: {seeded} products")
+    infra.start_ray(settings, {"AGORA_VAR_DIR": str(settings.var_dir)})
+    connect_ray(settings)
+    deploy(settings)
+    _wait_ready(settings, timeout=120)
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    _say(f"Agora is up in {time.monotonic() - started:.1f}s")
+    _say(f"  API      {base}/v1/products")
+    _say(f"  docs     {base}/docs  (OpenAPI {base}/openapi.json)")
+    _say(f"  health   {base}/readyz   metrics {base}/metrics")
+    _say(f"  ray      {infra.ray_address(settings)} (namespace {settings.ray_namespace})")
+
+
+def deploy(settings: Settings) -> None:
+    """Create the shard actors and the outbox relay, then deploy the Serve application."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.runtime import shard_directory
+    from streams.outbox import get_or_create_relay
+
+    directory = shard_directory(settings)
+    ray.get([h.ping.remote() for h in directory.all_handles("cart")], timeout=120)
+    relay = get_or_create_relay(settings.ray_namespace)
+    ray.get(relay.health.remote(), timeout=60)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build_app(), name="agora", route_prefix="/")
+
+
+def down(settings: Settings) -> None:
+    if infra.ray_running(settings):
+        try:
+            connect_ray(settings)
+            _drain(settings)
+            from ray import serve
+
+            serve.shutdown()
+        except Exception as exc:
+            _say(f"warning: graceful drain failed ({type(exc).__name__}); stopping anyway")
+    stopped = infra.stop_all(settings)
+    _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def _drain(settings: Settings) -> None:
+    """Final flush of every shard and the outbox before the processes go."""
+    import ray
+
+    from serve.runtime import shard_directory
+    from streams.outbox import relay_actor_name
+
+    directory = shard_directory(settings)
+    flushed = ray.get([h.drain.remote() for h in directory.all_handles("cart")], timeout=60)
+    _say(f"final flush: {sum(flushed)} cart rows")
+    try:
+        relay = ray.get_actor(relay_actor_name(), namespace=settings.ray_namespace)
+        sent: Any = ray.get(relay.drain.remote(), timeout=60)
+        _say(f"outbox drained: {sent} events")
+    except ValueError:
+        pass
+
+
+def status(settings: Settings) -> int:
+    pids = infra.read_pids(settings)
+    report: dict[str, Any] = {
+        "services": {
+            name: {"pids": p, "alive": all(infra.alive(x) for x in p)} for name, p in pids.items()
+        }
+    }
+    if not infra.ray_running(settings):
+        report["ray"] = "not running"
+        print(json.dumps(report, indent=2))
+        return 1
+    import ray
+
+    from serve.runtime import shard_directory
+
+    connect_ray(settings)
+    directory = shard_directory(settings)
+    shards = []
+    for name in directory.shard_names("cart"):
+        try:
+            shards.append(ray.get(directory.handle(name).stats.remote(), timeout=5))
+        except Exception as exc:
+            shards.append({"name": name, "error": type(exc).__name__})
+    report["shards"] = shards
+    report["nodes"] = [
+        {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"]}
+        for n in ray.nodes()
+    ]
+    from ray import serve
+
+    report["serve"] = {name: str(app.status) for name, app in serve.status().applications.items()}
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def migrate(settings: Settings) -> None:
+    from cluster.services import service_urls
+
+    applied, _ = asyncio.run(_migrate_and_seed(service_urls(settings).database, 0))
+    _say(f"migrations applied: {applied or 'none (up to date)'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agora", description="Run and operate Agora.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start everything (embedded defaults for unset URLs)")
+    sub.add_parser("down", help="stop everything this checkout started")
+    sub.add_parser("status", help="what runs: services, shard actors and their nodes")
+    sub.add_parser("migrate", help="apply pending database migrations")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.command == "up":
+        up(settings)
+    elif args.command == "down":
+        down(settings)
+    elif args.command == "status":
+        return status(settings)
+    elif args.command == "migrate":
+        migrate(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

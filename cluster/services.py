@@ -1,0 +1,68 @@
+"""Where the external services are: a URL setting, or the embedded default's address.
+
+``agora up`` starts embedded defaults for unset URLs and records their
+addresses in ``var/run/services.json``; every process on the machine (CLI,
+actors, Serve replicas, tests) resolves the same addresses through here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cluster.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    database: str
+    redis: str
+    pulsar: str
+
+
+class ServicesNotRunning(RuntimeError):
+    """No URL is set and no embedded default has been started (run ``agora up``)."""
+
+
+def services_file(settings: Settings | None = None):
+    settings = settings or get_settings()
+    return settings.run_dir / "services.json"
+
+
+def service_urls(settings: Settings | None = None) -> ServiceUrls:
+    settings = settings or get_settings()
+    recorded: dict[str, str] = {}
+    path = services_file(settings)
+    if path.exists():
+        recorded = json.loads(path.read_text())
+    urls = {}
+    for name, value in (
+        ("database", settings.database_url),
+        ("redis", settings.redis_url),
+        ("pulsar", settings.pulsar_url),
+    ):
+        url = value or recorded.get(name)
+        if not url:
+            raise ServicesNotRunning(f"{name}: set AGORA_{name.upper()}_URL or run `agora up`")
+        urls[name] = url
+    return ServiceUrls(**urls)
+
+
+def cart_token_secret(settings: Settings | None = None) -> bytes:
+    """The HMAC key for anonymous cart tokens: the setting, else one made by ``agora up``."""
+    settings = settings or get_settings()
+    if settings.cart_token_secret:
+        return settings.cart_token_secret.encode()
+    path = settings.run_dir / "cart_token_secret"
+    if not path.exists():
+        raise ServicesNotRunning("set AGORA_CART_TOKEN_SECRET or run `agora up`")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def ensure_cart_token_secret(settings: Settings) -> None:
+    import secrets
+
+    path = settings.run_dir / "cart_token_secret"
+    if not settings.cart_token_secret and not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)

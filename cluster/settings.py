@@ -1,0 +1,70 @@
+"""Agora's one settings class: every knob is an ``AGORA_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Unset service URLs mean "start the embedded default"."""
+
+    model_config = SettingsConfigDict(env_prefix="AGORA_", extra="ignore")
+
+    # Where embedded services keep their data, pids and logs (git-ignored).
+    var_dir: Path = ROOT / "var"
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    pulsar_url: str | None = None
+
+    # Ray
+    ray_port: int = 6380
+    ray_client_port: int = 6381
+    ray_namespace: str = "agora"
+    ray_num_cpus: int = 4
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    api_replicas: int = 1
+    haproxy: bool = True
+
+    # Shards and write-behind
+    cart_shards: int = 4
+    virtual_nodes: int = 64
+    flush_interval_ms: int = 50
+    flush_batch_size: int = 500
+    shard_max_keys: int = 50_000
+
+    # Carts
+    cart_max_lines: int = 50
+    cart_max_quantity: int = 99
+    cart_token_secret: str | None = None
+
+    # Outbox relay
+    outbox_poll_ms: int = 50
+    outbox_batch_size: int = 500
+    events_tenant: str = "agora"
+    events_namespace: str = "events"
+
+    # Demo data
+    seed_products: int = Field(default=2400, ge=0)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

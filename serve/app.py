@@ -1,0 +1,407 @@
+"""The HTTP API: a Ray Serve deployment with a FastAPI ingress.
+
+No ``from __future__ import annotations`` here: Serve rebinds the route
+methods, and FastAPI must see real annotations, not strings.
+
+Routes translate HTTP into commands for the shard actors (through the
+directory) or reads from PostgreSQL, and replies into response models.
+Every error is problem+json (``serve.problems``).
+"""
+
+import base64
+import binascii
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from ray import serve
+from ray.exceptions import RayActorError
+
+from cluster.settings import get_settings
+from serve import problems
+from serve.problems import Problem
+from serve.runtime import Runtime
+from serve.schemas import AddItem, CartView, Product, ProductPage, SetQuantity, Sku, money
+
+REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "agora_http_request_seconds",
+    "HTTP request latency inside the API replica",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SHARD_GAUGES = {
+    name: Gauge(f"agora_shard_{name}", help_text, ["shard"])
+    for name, help_text in {
+        "resident": "keys held in memory",
+        "dirty_keys": "keys changed and not yet flushed",
+        "pending_lag_ms": "age of the oldest unflushed change",
+        "last_flush_lag_ms": "change-to-commit lag of the last batch",
+        "max_flush_lag_ms": "worst change-to-commit lag seen",
+        "last_batch_size": "rows in the last flushed batch",
+        "committed_batches": "batches committed",
+        "committed_rows": "rows committed",
+        "failed_batches": "batches that failed and were retried",
+    }.items()
+}
+MAX_BODY = 64 * 1024
+
+
+class Guard:
+    """Pure ASGI middleware: body size limit and request metrics."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+                response = problems.problem_response(
+                    413, None, f"Request bodies are limited to {MAX_BODY} bytes."
+                )
+                await response(scope, receive, send)
+                return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            REQUESTS.labels(scope["method"], path, str(status)).inc()
+            LATENCY.labels(path).observe(time.perf_counter() - start)
+
+
+api = FastAPI(
+    title="Agora",
+    version="1.0.0",
+    description="Actor-based e-commerce backend. Errors are RFC 9457 problem+json.",
+)
+problems.install(api)
+api.add_middleware(Guard)
+
+CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
+_PRODUCT_COLUMNS = """
+    p.sku, p.name, p.description, p.category, p.price_minor, p.currency,
+    p.attributes, p.images, COALESCE(i.on_hand - i.reserved, 0) > 0 AS in_stock
+"""
+
+
+def _product(row: Any) -> dict[str, Any]:
+    return {
+        "sku": row["sku"],
+        "name": row["name"],
+        "description": row["description"],
+        "category": row["category"],
+        "price": money(row["price_minor"], row["currency"]),
+        "attributes": row["attributes"],
+        "images": row["images"],
+        "in_stock": row["in_stock"],
+    }
+
+
+def _encode_cursor(sku: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": sku}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        after = data["after"]
+        if not isinstance(after, str) or len(after) > 64:
+            raise ValueError
+        return after
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
+
+
+async def _call_shard(ref: Any) -> Any:
+    try:
+        return await ref
+    except RayActorError as exc:
+        raise Problem(
+            503, "unavailable", "The cart service is restarting; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from exc  # fmt: skip
+
+
+_REJECTION_STATUS = {"not-in-cart": 404, "quantity-limit": 422, "cart-full": 422}
+
+
+@serve.deployment(
+    name="Api",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=256,
+    health_check_period_s=5,
+)
+@serve.ingress(api)
+class Api:
+    """The HTTP ingress deployment."""
+
+    def __init__(self) -> None:
+        self.rt = Runtime(get_settings())
+
+    # --- health ------------------------------------------------------------
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict[str, str]:
+        """The process is up (no dependency is checked)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"], responses={503: {"description": "a dependency is down"}})
+    async def readyz(self) -> Any:
+        """Ready to serve: database, cache, broker and cart shards reachable."""
+        try:
+            rt = await self.rt.ready()
+        except Exception:
+            return problems.problem_response(
+                503, "not-ready", "Service configuration is not available.", failing=["config"]
+            )
+        failing = []
+        for name, check in (
+            ("database", rt.check_database),
+            ("redis", rt.check_redis),
+            ("broker", rt.check_broker),
+            ("cart_shards", rt.check_shards),
+        ):
+            try:
+                await check()
+            except Exception:
+                failing.append(name)
+        if failing:
+            return problems.problem_response(
+                503, "not-ready", "Not ready: " + ", ".join(failing) + ".", failing=failing
+            )
+        return {"status": "ready"}
+
+    @api.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics(self) -> Response:
+        """Prometheus text: request counts and latency of this replica, shard flush metrics."""
+        try:
+            rt = await self.rt.ready()
+            handles = rt.directory.all_handles("cart")
+            for stats in await _gather([h.stats.remote() for h in handles], timeout=2.0):
+                for name, gauge in SHARD_GAUGES.items():
+                    gauge.labels(stats["name"]).set(stats.get(name, 0))
+        except Exception:  # noqa: S110 - metrics must render even while a shard restarts
+            pass
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # --- catalog -----------------------------------------------------------
+
+    @api.get("/v1/products", response_model=ProductPage, tags=["catalog"])
+    async def list_products(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        category: Annotated[str | None, Query(pattern=r"^[a-z0-9-]{1,40}$")] = None,
+        min_price: Annotated[int | None, Query(ge=0)] = None,
+        max_price: Annotated[int | None, Query(ge=0)] = None,
+    ) -> Any:
+        """Browse the catalog by category and price, ordered by SKU, with category facets."""
+        rt = await self.rt.ready()
+        after = _decode_cursor(cursor) if cursor else None
+        async with rt.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i USING (sku)"
+                " WHERE ($1::text IS NULL OR p.category = $1)"
+                " AND ($2::text IS NULL OR p.sku > $2)"
+                " AND ($3::bigint IS NULL OR p.price_minor >= $3)"
+                " AND ($4::bigint IS NULL OR p.price_minor <= $4)"
+                " ORDER BY p.sku LIMIT $5",
+                category, after, min_price, max_price, limit + 1,
+            )  # fmt: skip
+            facets = rt.facets.get((min_price, max_price))
+            if facets is None:
+                counts = await conn.fetch(
+                    "SELECT category, count(*) AS n FROM products"
+                    " WHERE ($1::bigint IS NULL OR price_minor >= $1)"
+                    " AND ($2::bigint IS NULL OR price_minor <= $2)"
+                    " GROUP BY category ORDER BY category",
+                    min_price, max_price,
+                )  # fmt: skip
+                facets = {"category": {r["category"]: r["n"] for r in counts}}
+                rt.facets.put((min_price, max_price), facets)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "items": [_product(r) for r in rows],
+            "next_cursor": _encode_cursor(rows[-1]["sku"]) if more else None,
+            "facets": facets,
+        }
+
+    @api.get(
+        "/v1/products/{sku}",
+        response_model=Product,
+        tags=["catalog"],
+        responses={404: {"description": "no such product"}},
+    )
+    async def get_product(self, sku: str) -> Any:
+        """One product with its price, attributes, images and whether it is in stock."""
+        return await self._product(sku)
+
+    async def _product(self, sku: str) -> dict[str, Any]:
+        rt = await self.rt.ready()
+        cached = rt.products.get(sku)
+        if cached is not None:
+            return cached
+        if len(sku) > 32:
+            raise Problem(404, "not-found", "No such product.")
+        async with rt.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i USING (sku)"
+                " WHERE p.sku = $1",
+                sku,
+            )
+        if row is None:
+            raise Problem(404, "not-found", "No such product.")
+        product = _product(row)
+        rt.products.put(sku, product)
+        return product
+
+    # --- cart --------------------------------------------------------------
+
+    async def _cart_id(self, token: str | None) -> tuple[str, str | None]:
+        """The caller's cart id and, for anonymous callers, their cart token."""
+        rt = await self.rt.ready()
+        assert rt.tokens is not None
+        if token is None:
+            token = rt.tokens.issue()
+        cart_id = rt.tokens.cart_id(token)
+        if cart_id is None:
+            raise Problem(400, "invalid-cart-token", "X-Cart-Token is not a token this API issued.")
+        return cart_id, token
+
+    async def _render(self, view: dict[str, Any], token: str | None, response: Response) -> Any:
+        rt = await self.rt.ready()
+        skus = [line["sku"] for line in view["lines"]]
+        available: dict[str, int] = {}
+        if skus:
+            async with rt.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT sku, on_hand - reserved AS available FROM inventory"
+                    " WHERE sku = ANY($1::text[])",
+                    skus,
+                )
+            available = {r["sku"]: r["available"] for r in rows}
+        if token is not None:
+            response.headers[CART_TOKEN] = token
+        subtotal = view["subtotal"]
+        return {
+            "cart_token": token,
+            "lines": [
+                {
+                    "sku": line["sku"],
+                    "name": line["name"],
+                    "quantity": line["quantity"],
+                    "unit_price": money(line["unit_price"]),
+                    "line_total": money(line["line_total"]),
+                    "available": available.get(line["sku"], 0) >= line["quantity"],
+                }
+                for line in view["lines"]
+            ],
+            "subtotal": money(subtotal),
+            "discounts": [],
+            "shipping": None,
+            "total": money(subtotal),
+        }
+
+    def _reply(self, reply: dict[str, Any]) -> dict[str, Any]:
+        if not reply["ok"]:
+            raise Problem(_REJECTION_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
+        return reply["cart"]
+
+    @api.get("/v1/cart", response_model=CartView, tags=["cart"])
+    async def get_cart(
+        self,
+        response: Response,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """The caller's cart; an anonymous first call gets a new cart token."""
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token)
+        view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
+        return await self._render(view, token, response)
+
+    @api.post(
+        "/v1/cart/items",
+        response_model=CartView,
+        tags=["cart"],
+        responses={404: {"description": "no such product"}, 422: {"description": "rejected"}},
+    )
+    async def add_item(
+        self,
+        body: AddItem,
+        response: Response,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Add a product; quantities of the same SKU add up."""
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token)
+        product = await self._product(body.sku)
+        shard = rt.directory.get("cart", cart_id)
+        reply = await _call_shard(
+            shard.add_item.remote(
+                cart_id, body.sku, product["name"], product["price"]["amount"], body.quantity
+            )
+        )
+        return await self._render(self._reply(reply), token, response)
+
+    @api.patch("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"])
+    async def set_quantity(
+        self,
+        sku: Sku,
+        body: SetQuantity,
+        response: Response,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Set a line's quantity; 0 removes it."""
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token)
+        shard = rt.directory.get("cart", cart_id)
+        reply = await _call_shard(shard.set_quantity.remote(cart_id, sku, body.quantity))
+        return await self._render(self._reply(reply), token, response)
+
+    @api.delete("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"])
+    async def remove_item(
+        self,
+        sku: Sku,
+        response: Response,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Remove a line."""
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token)
+        shard = rt.directory.get("cart", cart_id)
+        reply = await _call_shard(shard.remove_item.remote(cart_id, sku))
+        return await self._render(self._reply(reply), token, response)
+
+
+async def _gather(refs: list[Any], timeout: float) -> list[Any]:
+    import asyncio
+
+    return list(await asyncio.wait_for(asyncio.gather(*refs), timeout))
+
+
+def build_app(num_replicas: int | None = None) -> Any:
+    """The Serve application (one ``Api`` deployment)."""
+    settings = get_settings()
+    deployment: Any = Api
+    return deployment.options(num_replicas=num_replicas or settings.api_replicas).bind()
+
+
+app = build_app

@@ -1,0 +1,90 @@
+"""Bootstrap of one API replica: the adapters it talks to, built once from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from actors.cart import CartShard
+from actors.directory import Directory
+from cluster.settings import Settings
+from serve.carttoken import CartTokens
+
+
+def shard_directory(settings: Settings) -> Directory:
+    return Directory(
+        {"cart": (CartShard, settings.cart_shards)},
+        namespace=settings.ray_namespace,
+        vnodes=settings.virtual_nodes,
+    )
+
+
+class TTLCache:
+    """A small per-replica read-through cache (products change rarely)."""
+
+    def __init__(self, ttl_s: float, max_items: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_items = max_items
+        self._items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._items) >= self.max_items:
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self.ttl_s, value)
+
+
+class Runtime:
+    """Lazily connected resources of a replica; nothing connects at import time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: Any = None
+        self.redis: Any = None
+        self.urls: Any = None
+        self.directory = shard_directory(settings)
+        self.tokens: CartTokens | None = None
+        self.products = TTLCache(ttl_s=2.0)
+        self.facets = TTLCache(ttl_s=30.0, max_items=1000)
+        self._lock = asyncio.Lock()
+
+    async def ready(self) -> Runtime:
+        if self.pool is not None:
+            return self
+        async with self._lock:
+            if self.pool is None:
+                import redis.asyncio as aioredis
+
+                from cluster.db import create_pool
+                from cluster.services import cart_token_secret, service_urls
+
+                self.urls = service_urls(self.settings)
+                self.tokens = CartTokens(cart_token_secret(self.settings))
+                self.redis = aioredis.from_url(self.urls.redis, socket_timeout=1.0)
+                self.pool = await create_pool(self.urls.database, min_size=2, max_size=8)
+        return self
+
+    async def check_database(self) -> None:
+        async with self.pool.acquire(timeout=1.0) as conn:
+            await conn.fetchval("SELECT 1", timeout=1.0)
+
+    async def check_redis(self) -> None:
+        await asyncio.wait_for(self.redis.ping(), 1.0)
+
+    async def check_broker(self) -> None:
+        parsed = urlparse(self.urls.pulsar)
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parsed.hostname, parsed.port or 6650), 1.0
+        )
+        writer.close()
+
+    async def check_shards(self) -> None:
+        refs = [h.ping.remote() for h in self.directory.all_handles("cart")]
+        await asyncio.wait_for(asyncio.gather(*refs), 5.0)

@@ -1,0 +1,232 @@
+"""The base of every idempotent Pulsar consumer: dedupe, retries and the dead-letter topic.
+
+A consumer records each event id it applies in ``processed_events``, in the
+same transaction as its effect, so a redelivered event is recognised and
+skipped. Messages arrive through a ``Key_Shared`` subscription, so one key is
+handled by one consumer at a time, in order, while consumers scale out.
+
+Failure policy. A transient failure (the database or the network is away)
+is retried in place, with capped backoff, for as long as it lasts: an outage
+pauses consumption and loses nothing. Any other failure to apply is retried
+in place, with backoff, up to ``max_attempts`` times; a message that cannot
+be decoded is not retried. Either of those is then published to the
+dead-letter topic ``<topic>-<subscription>-DLQ`` (properties ``REAL_TOPIC``,
+``ORIGIN_MESSAGE_ID``, ``DLQ_REASON``) and acknowledged, so a poison message
+never loops and never holds up the later events of its key. Retrying in
+place rather than by negative acknowledgement keeps per-key order, and it
+matters on pulsar-lite, which never redelivers a message nacked twice on a
+``Key_Shared`` subscription and from then on stops delivering its key.
+Only when the dead-letter publish itself fails is the message negatively
+acknowledged; the subscription's dead-letter policy then takes over on a
+broker that honours it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from functools import partial
+
+import asyncpg
+import msgspec
+import pulsar
+
+from streams.events import Envelope, decode
+from streams.outbox import pulsar_logger
+
+log = logging.getLogger(__name__)
+
+RECEIVE_TIMEOUT_MS = 200
+MAX_TRANSIENT_BACKOFF_S = 5.0
+
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+_CLAIM_EVENT = """
+INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING 1
+"""
+_PARTITION_SUFFIX = re.compile(r"-partition-\d+$")
+
+
+def dead_letter_topic(topic: str, subscription: str) -> str:
+    """Where ``subscription`` parks the messages of ``topic`` it could not apply."""
+    return f"{_PARTITION_SUFFIX.sub('', topic)}-{subscription}-DLQ"
+
+
+class IdempotentConsumer(abc.ABC):
+    """Applies each event at most once per ``name``; subclasses implement ``apply``."""
+
+    name: str
+    topics: Sequence[str]
+    max_attempts: int = 5
+    retry_backoff_s: float = 0.1
+    max_redeliver_count: int = 5
+    negative_ack_redelivery_delay_ms: int = 1000
+
+    def __init__(self, name: str | None = None, topics: Sequence[str] | None = None) -> None:
+        if name is not None:
+            self.name = name
+        if topics is not None:
+            self.topics = list(topics)
+        if not getattr(self, "name", None) or not getattr(self, "topics", None):
+            raise ValueError(f"{type(self).__name__} needs a name and at least one topic")
+
+    def is_transient(self, exc: Exception) -> bool:
+        """Whether ``exc`` says "try again later" rather than "this event cannot be applied"."""
+        return isinstance(exc, _TRANSIENT_ERRORS)
+
+    @abc.abstractmethod
+    async def apply(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
+        """The effect of one event, inside the transaction that records it as processed."""
+
+    async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
+        """Apply ``envelope`` unless it was applied before; True when it was applied now."""
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_CLAIM_EVENT, self.name, envelope.id) is None:
+                return False
+            await self.apply(conn, envelope)
+            return True
+
+    async def run(
+        self,
+        pool: asyncpg.Pool,
+        pulsar_url: str,
+        stop_event: asyncio.Event,
+        *,
+        subscription_initial_position: pulsar.InitialPosition = pulsar.InitialPosition.Earliest,
+    ) -> None:
+        """Consume the topics until ``stop_event`` is set."""
+        loop = asyncio.get_running_loop()
+        client = pulsar.Client(pulsar_url, logger=pulsar_logger())
+        dead_letters: dict[str, pulsar.Producer] = {}
+        consumer: pulsar.Consumer | None = None
+        try:
+            subscribe = partial(
+                client.subscribe,
+                self.topics[0] if len(self.topics) == 1 else list(self.topics),
+                self.name,
+                consumer_type=pulsar.ConsumerType.KeyShared,
+                initial_position=subscription_initial_position,
+                negative_ack_redelivery_delay_ms=self.negative_ack_redelivery_delay_ms,
+                dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
+                    max_redeliver_count=self.max_redeliver_count,
+                    # For a multi-topic consumer the client's default is that name per topic.
+                    dead_letter_topic=(
+                        dead_letter_topic(self.topics[0], self.name)
+                        if len(self.topics) == 1
+                        else None
+                    ),
+                ),
+            )
+            consumer = subscribed = await loop.run_in_executor(None, subscribe)
+            receive = partial(subscribed.receive, RECEIVE_TIMEOUT_MS)
+            while not stop_event.is_set():
+                try:
+                    message = await loop.run_in_executor(None, receive)
+                except pulsar.Timeout:
+                    continue
+                await self._process(pool, client, subscribed, message, dead_letters, stop_event)
+        finally:
+            for producer in dead_letters.values():
+                await loop.run_in_executor(None, producer.close)
+            if consumer is not None:
+                await loop.run_in_executor(None, consumer.close)
+            await loop.run_in_executor(None, client.close)
+
+    async def _process(
+        self,
+        pool: asyncpg.Pool,
+        client: pulsar.Client,
+        consumer: pulsar.Consumer,
+        message: pulsar.Message,
+        dead_letters: dict[str, pulsar.Producer],
+        stop_event: asyncio.Event,
+    ) -> None:
+        try:
+            envelope = decode(message.data())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("%s: undecodable message on %s", self.name, message.topic_name())
+            reason = f"undecodable: {exc}"
+        else:
+            failure = await self._apply_with_retries(pool, envelope, stop_event)
+            if failure is None:
+                consumer.acknowledge(message)
+                return
+            if stop_event.is_set():
+                # Unacknowledged, it goes back to the subscription when we close.
+                return
+            reason = failure
+        try:
+            await self._dead_letter(client, message, reason, dead_letters)
+        except Exception:
+            log.exception("%s: dead-lettering failed; negatively acknowledging", self.name)
+            consumer.negative_acknowledge(message)
+            return
+        consumer.acknowledge(message)
+
+    async def _apply_with_retries(
+        self, pool: asyncpg.Pool, envelope: Envelope, stop_event: asyncio.Event
+    ) -> str | None:
+        """None once handled; otherwise why the event was given up on."""
+        attempt, outage = 1, 0
+        while True:
+            try:
+                await self.handle(pool, envelope)
+                return None
+            except Exception as exc:
+                failure = _describe(exc)
+                if stop_event.is_set():
+                    return f"stopped while retrying: {failure}"
+                if self.is_transient(exc):
+                    outage += 1
+                    log.warning("%s: transient failure, retrying: %s", self.name, failure)
+                    delay = self.retry_backoff_s * 2 ** min(outage - 1, 10)
+                    await asyncio.sleep(min(delay, MAX_TRANSIENT_BACKOFF_S))
+                    continue
+                log.warning("%s: %s attempt %d: %s", self.name, envelope.id, attempt, failure)
+                if attempt >= self.max_attempts:
+                    return f"apply failed {attempt} times: {failure}"
+                await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+
+    async def _dead_letter(
+        self,
+        client: pulsar.Client,
+        message: pulsar.Message,
+        reason: str,
+        dead_letters: dict[str, pulsar.Producer],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        topic = dead_letter_topic(message.topic_name(), self.name)
+        if topic not in dead_letters:
+            dead_letters[topic] = await loop.run_in_executor(None, client.create_producer, topic)
+        producer = dead_letters[topic]
+        properties = {
+            **message.properties(),
+            "REAL_TOPIC": message.topic_name(),
+            "ORIGIN_MESSAGE_ID": str(message.message_id()),
+            "DLQ_REASON": reason[:1000],
+        }
+        send = partial(
+            producer.send,
+            message.data(),
+            properties=properties,
+            partition_key=message.partition_key() or None,
+        )
+        await loop.run_in_executor(None, send)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

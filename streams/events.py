@@ -1,0 +1,92 @@
+"""The event envelope and every public event type: the only contract between parts.
+
+An event is created once, in the handler that made the change, with its id
+(UUIDv7, time-ordered) and its timestamp; consumers rely on nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from cluster.settings import get_settings
+
+
+def uuid7(now_ms: int | None = None) -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version, 74 random bits."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = rand >> 62 & 0xFFF
+    rand_b = rand & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return uuid.UUID(int=value)
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What travels on Pulsar: ``key`` is the aggregate id and the message key."""
+
+    id: str
+    type: str
+    version: int
+    occurred_at: str
+    key: str
+    trace_id: str | None = None
+    payload: dict[str, Any] = {}
+
+
+class EventType(msgspec.Struct, frozen=True):
+    name: str
+    version: int
+    domain: str  # topic suffix: persistent://<tenant>/<namespace>/<domain>
+
+
+EVENT_TYPES: dict[str, EventType] = {}
+
+
+def _declare(name: str, version: int, domain: str) -> EventType:
+    event_type = EventType(name, version, domain)
+    EVENT_TYPES[name] = event_type
+    return event_type
+
+
+CART_ITEM_ADDED = _declare("cart.item_added", 1, "carts")
+CART_ITEM_QUANTITY_SET = _declare("cart.item_quantity_set", 1, "carts")
+CART_ITEM_REMOVED = _declare("cart.item_removed", 1, "carts")
+
+
+def topic_for(event_type: str) -> str:
+    settings = get_settings()
+    domain = EVENT_TYPES[event_type].domain
+    return f"persistent://{settings.events_tenant}/{settings.events_namespace}/{domain}"
+
+
+def make_event(
+    event_type: EventType,
+    key: str,
+    payload: dict[str, Any],
+    occurred_at_ms: int,
+    trace_id: str | None = None,
+) -> Envelope:
+    """Build an envelope; the caller passes the time so the core stays clock-free."""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(occurred_at_ms / 1000))
+    return Envelope(
+        id=str(uuid7(occurred_at_ms)),
+        type=event_type.name,
+        version=event_type.version,
+        occurred_at=f"{iso}.{occurred_at_ms % 1000:03d}Z",
+        key=key,
+        trace_id=trace_id,
+        payload=payload,
+    )
+
+
+def encode(envelope: Envelope) -> bytes:
+    return msgspec.json.encode(envelope)
+
+
+def decode(data: bytes) -> Envelope:
+    return msgspec.json.decode(data, type=Envelope)

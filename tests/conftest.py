@@ -1,0 +1,96 @@
+"""Shared fixtures. Integration and e2e tiers run against the real system that
+``agora up`` starts (embedded defaults unless AGORA_*_URL are set): if it is
+already running it is reused, otherwise it is started here and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+
+import os
+
+import pytest
+
+from cluster import infra
+from cluster.settings import get_settings
+
+# Ray reads its auth settings when first imported; test modules import ray.
+infra.ensure_dirs(get_settings())
+os.environ.update(infra.ray_env(get_settings()))
+
+
+def _ready(settings) -> bool:
+    url = f"http://{settings.http_host}:{settings.http_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def system():
+    """The running Agora system (started for the session if it was not up)."""
+    from cluster import cli
+
+    settings = get_settings()
+    started = False
+    if not _ready(settings):
+        cli.up(settings)
+        started = True
+    cli.connect_ray(settings)
+    yield settings
+    if started:
+        cli.down(settings)
+
+
+@pytest.fixture(scope="session")
+def services(system):
+    from cluster.services import service_urls
+
+    return service_urls(system)
+
+
+@pytest.fixture(scope="session")
+def db_url(services) -> str:
+    return services.database
+
+
+@pytest.fixture(scope="session")
+def pulsar_url(services) -> str:
+    return services.pulsar
+
+
+@pytest.fixture(scope="session")
+def ray_ns(system) -> str:
+    return system.ray_namespace
+
+
+@pytest.fixture(scope="session")
+def base_url(system) -> str:
+    return f"http://{system.http_host}:{system.http_port}"
+
+
+@pytest.fixture(scope="session")
+async def db(db_url):
+    from cluster.db import create_pool
+
+    pool = await create_pool(db_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll ``check`` until it is true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
