@@ -6,11 +6,10 @@ already running it is reused, otherwise it is started here and stopped at the en
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-
-import os
 
 import pytest
 

@@ -94,7 +94,7 @@ def test_delete_and_patch_garbage_paths(http, cart, path):
 
 @pytest.mark.parametrize(
     "token",
-    ["garbage", "a.b", "x" * 199, "9kzQV-YPeqsr6abfcXtp0nNFcRTVpweUKB5Oy091WSg.AAAAAAAAAAAAAAAAAAAAAA"],
+    ["garbage", "a.b", "x" * 199, "9kzQV-YPeqsr6abfcXtp0nNFcRTVpweUKB5Oy091WSg." + "A" * 22],
 )
 def test_forged_cart_tokens_are_refused_everywhere(http, token):
     headers = {"X-Cart-Token": token}
