@@ -111,10 +111,9 @@ def down(settings: Settings) -> None:
     if infra.ray_running(settings):
         try:
             connect_ray(settings)
+            # No serve.shutdown(): it waits ~30 s for replicas to drain, and the API
+            # holds no state; the shards and the outbox were just flushed.
             _drain(settings)
-            from ray import serve
-
-            serve.shutdown()
         except Exception as exc:
             _say(f"warning: graceful drain failed ({type(exc).__name__}); stopping anyway")
     stopped = infra.stop_all(settings)

@@ -74,7 +74,7 @@ def _wait_tcp(host: str, port: int, timeout: float) -> None:
     raise TimeoutError(f"{host}:{port} did not accept connections within {timeout}s")
 
 
-def _terminate(pids: list[int], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+def _terminate(pids: list[int], sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
     procs = []
     for pid in pids:
         with suppress(psutil.NoSuchProcess):
@@ -160,10 +160,13 @@ def start_pulsar(settings: Settings) -> str:
     if known and all(alive(p) for p in known) and port_file.exists():
         return f"pulsar://127.0.0.1:{port_file.read_text().strip()}"
     port = _free_port(6650, 6700)
+    # pulsar-lite opens a metrics endpoint on 0.0.0.0:8080 unless told not to.
+    config = data_dir / "pulsar-lite.toml"
+    config.write_text("[metrics]\nenabled = false\n")
     log = open(settings.log_dir / "pulsar.log", "ab")
     proc = subprocess.Popen(
         [find_pulsar_lite_binary(), "--addr", f"127.0.0.1:{port}", "--db-path",
-         str(data_dir / "agora.db")],
+         str(data_dir / "agora.db"), "--config", str(config)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=data_dir, start_new_session=True,
     )  # fmt: skip
@@ -263,7 +266,7 @@ def stop_ray(settings: Settings) -> None:
     for pid in read_pids(settings).get("ray", []):
         with suppress(psutil.NoSuchProcess):
             family.setdefault(pid, psutil.Process(pid))
-    _terminate(list(family), signal.SIGTERM, timeout=10)
+    _terminate(list(family), signal.SIGTERM, timeout=5)
     _forget(settings, "ray")
 
 

@@ -45,11 +45,11 @@ MAX_TRANSIENT_BACKOFF_S = 5.0
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TransactionRollbackError,
 )
 
 _CLAIM_EVENT = """

@@ -36,6 +36,7 @@ ProducerFor = Callable[[str], Awaitable[pulsar.Producer]]
 SEND_TIMEOUT_MS = 10_000
 MAX_BACKOFF_S = 1.0
 START_TIMEOUT_S = 30.0
+HEALTH_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = SEND_TIMEOUT_MS / 1000 + 5
 
 _CLAIM = """
@@ -184,28 +185,31 @@ class OutboxRelay:
         self._stopped = False
         self._sent_total = 0
         self._last_error: str | None = None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        # Ray runs an async actor's __init__ inside its event loop, so a restarted
-        # relay resumes publishing before anyone calls it.
-        self._ensure_running()
+        if _inside_ray_actor():
+            # Ray runs an async actor's __init__ inside its event loop, so a restarted
+            # relay resumes publishing before anyone calls it.
+            self._ensure_running()
 
     async def start(self) -> dict[str, Any]:
         """Connect to PostgreSQL and Pulsar, start the publishing loop, return health."""
         self._stopped = False
-        await asyncio.wait_for(self._connect(), timeout=START_TIMEOUT_S)
         self._ensure_running()
+        try:
+            await asyncio.wait_for(self._connect(), timeout=START_TIMEOUT_S)
+        except Exception as exc:
+            self._last_error = _describe(exc)
+            raise
         return await self.health()
 
     async def health(self) -> dict[str, Any]:
-        """Whether the loop runs, events sent since (re)start, the last error, unsent rows."""
+        """Loop running?, events sent since (re)start, last error, unsent rows (None: unknown)."""
         self._ensure_running()
         pending: int | None = None
         if self._pool is not None:
             try:
-                pending = await self._pool.fetchval(_COUNT_PENDING)
+                pending = await asyncio.wait_for(
+                    self._pool.fetchval(_COUNT_PENDING), timeout=HEALTH_TIMEOUT_S
+                )
             except Exception as exc:
                 self._last_error = _describe(exc)
         return {
@@ -329,6 +333,10 @@ class OutboxRelay:
                 producer = await asyncio.get_running_loop().run_in_executor(None, create)
                 self._producers[topic] = producer
             return producer
+
+
+def _inside_ray_actor() -> bool:
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 OutboxRelayActor = ray.remote(max_restarts=-1, max_task_retries=0)(OutboxRelay)
