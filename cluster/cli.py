@@ -24,10 +24,12 @@ def _say(message: str) -> None:
 async def _migrate_and_seed(database_url: str, products: int) -> tuple[list[int], int]:
     from cluster.db import connect, migrate
     from cluster.seed import seed_catalog
+    from serve.auth import keys
 
     conn = await connect(database_url)
     try:
         applied = await migrate(conn)
+        await keys.ensure_key(conn)
         seeded = await seed_catalog(conn, products) if products else 0
     finally:
         await conn.close()
@@ -100,7 +102,8 @@ def deploy(settings: Settings) -> None:
     from streams.outbox import get_or_create_relay
 
     directory = shard_directory(settings)
-    ray.get([h.ping.remote() for h in directory.all_handles("cart")], timeout=120)
+    shards = directory.all_handles("cart") + directory.all_handles("session")
+    ray.get([h.ping.remote() for h in shards], timeout=120)
     relay = get_or_create_relay(settings.ray_namespace)
     ray.get(relay.health.remote(), timeout=60)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
@@ -128,8 +131,9 @@ def _drain(settings: Settings) -> None:
     from streams.outbox import relay_actor_name
 
     directory = shard_directory(settings)
-    flushed = ray.get([h.drain.remote() for h in directory.all_handles("cart")], timeout=60)
-    _say(f"final flush: {sum(flushed)} cart rows")
+    shards = directory.all_handles("cart") + directory.all_handles("session")
+    flushed = ray.get([h.drain.remote() for h in shards], timeout=60)
+    _say(f"final flush: {sum(flushed)} rows")
     try:
         relay = ray.get_actor(relay_actor_name(), namespace=settings.ray_namespace)
         sent: Any = ray.get(relay.drain.remote(), timeout=60)
@@ -156,7 +160,7 @@ def status(settings: Settings) -> int:
     connect_ray(settings)
     directory = shard_directory(settings)
     shards = []
-    for name in directory.shard_names("cart"):
+    for name in directory.shard_names("cart") + directory.shard_names("session"):
         try:
             shards.append(ray.get(directory.handle(name).stats.remote(), timeout=5))
         except Exception as exc:
@@ -190,6 +194,70 @@ def migrate(settings: Settings) -> None:
     _say(f"migrations applied: {applied or 'none (up to date)'}")
 
 
+async def _create_admin(database_url: str, email: str, password: str, name: str) -> str:
+    from cluster.db import connect
+    from serve.auth.passwords import PasswordHasher, check_password, normalise_email
+    from streams.events import uuid7
+
+    normalised = normalise_email(email)
+    if normalised is None:
+        raise SystemExit("not a valid email address")
+    conn = await connect(database_url)
+    try:
+        existing = await conn.fetchval(
+            "SELECT user_id FROM users WHERE email = $1 AND erased_at IS NULL", normalised
+        )
+        if existing:
+            await conn.execute(
+                "UPDATE users SET roles = ARRAY(SELECT DISTINCT unnest(roles || ARRAY['admin'])),"
+                " updated_at = now() WHERE user_id = $1",
+                existing,
+            )
+            return f"promoted {existing} to admin"
+        reason = check_password(password, email=normalised, name=name)
+        if reason:
+            raise SystemExit(f"password refused: {reason}")
+        user_id = str(uuid7())
+        await conn.execute(
+            "INSERT INTO users (user_id, email, name, password_hash, roles)"
+            " VALUES ($1, $2, $3, $4, ARRAY['shopper', 'admin'])",
+            user_id, normalised, name, PasswordHasher().hash(password),
+        )  # fmt: skip
+        return f"created admin {user_id}"
+    finally:
+        await conn.close()
+
+
+def admin_create(settings: Settings, email: str, password_stdin: bool, name: str) -> None:
+    """Create an admin, or promote an existing account; the password comes from stdin only."""
+    from cluster.services import service_urls
+
+    password = ""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    _say(asyncio.run(_create_admin(service_urls(settings).database, email, password, name)))
+
+
+def keys_rotate(settings: Settings) -> None:
+    from cluster.db import connect
+    from cluster.services import service_urls
+    from serve.auth import keys
+
+    async def run() -> str:
+        conn = await connect(service_urls(settings).database)
+        try:
+            return await keys.rotate(conn)
+        finally:
+            await conn.close()
+
+    kid = asyncio.run(run())
+    _say(f"new signing key {kid}; the previous one keeps verifying until its tokens expire")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agora", description="Run and operate Agora.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything this checkout started")
     sub.add_parser("status", help="what runs: services, shard actors and their nodes")
     sub.add_parser("migrate", help="apply pending database migrations")
+    admin = sub.add_parser("admin", help="operator accounts").add_subparsers(
+        dest="admin_command", required=True
+    )
+    create = admin.add_parser("create", help="create an admin or promote an existing account")
+    create.add_argument("email")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    create.add_argument("--name", default="Operator")
+    keys_parser = sub.add_parser("keys", help="token signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys_parser.add_parser("rotate", help="add a new signing key; the old one keeps verifying")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "up":
@@ -207,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         return status(settings)
     elif args.command == "migrate":
         migrate(settings)
+    elif args.command == "admin":
+        admin_create(settings, args.email, args.password_stdin, args.name)
+    elif args.command == "keys":
+        keys_rotate(settings)
     return 0
 
 

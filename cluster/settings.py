@@ -47,6 +47,27 @@ class Settings(BaseSettings):
     cart_max_quantity: int = 99
     cart_token_secret: str | None = None
 
+    # Identity
+    session_shards: int = 4
+    jwt_issuer: str = "http://127.0.0.1:8000"
+    jwt_audience: str = "agora-api"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_days: int = 30
+    jwt_leeway_s: int = 30
+    mfa_token_ttl_s: int = 300
+    signing_key_cache_s: float = 30.0
+    # Rate limits (GCRA in Redis)
+    login_failures_per_account: int = 5
+    login_failures_period_s: int = 900
+    auth_requests_per_ip: int = 120
+    auth_requests_period_s: int = 60
+    api_requests_per_ip: int = 6000
+    api_requests_period_s: int = 60
+    # The client IP comes only from this header, and only when the direct peer
+    # is one of trusted_proxies (CIDRs). Unset: the direct peer address.
+    trusted_proxy_header: str | None = None
+    trusted_proxies: list[str] = ["127.0.0.1/32", "::1/128"]
+
     # Outbox relay
     outbox_poll_ms: int = 50
     outbox_batch_size: int = 500

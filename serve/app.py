@@ -8,6 +8,7 @@ directory) or reads from PostgreSQL, and replies into response models.
 Every error is problem+json (``serve.problems``).
 """
 
+import asyncio
 import base64
 import binascii
 import json
@@ -22,8 +23,12 @@ from ray.exceptions import RayActorError
 
 from cluster.settings import get_settings
 from serve import problems
+from serve.auth.principal import ADMIN, PUBLIC, Admin, MaybeUser
+from serve.auth.routes import request_ip
+from serve.auth.routes import router as auth_router
 from serve.problems import Problem
-from serve.runtime import Runtime
+from serve.ratelimit import Limit
+from serve.runtime import runtime
 from serve.schemas import AddItem, CartView, Product, ProductPage, SetQuantity, Sku, money
 
 REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -67,6 +72,8 @@ class Guard:
                 )
                 await response(scope, receive, send)
                 return
+        if scope["path"].startswith("/v1/") and not await _within_api_limit(scope):
+            return await _too_many(scope, receive, send)
         start = time.perf_counter()
         status = 500
 
@@ -85,6 +92,33 @@ class Guard:
             LATENCY.labels(path).observe(time.perf_counter() - start)
 
 
+async def _within_api_limit(scope: dict[str, Any]) -> bool:
+    """The global per-client-IP limit; fails open if Redis is unreachable."""
+    from starlette.requests import Request
+
+    rt = runtime()
+    if rt.limiter is None:
+        try:
+            await rt.ready()
+        except Exception:
+            return True
+    limit = Limit("api-ip", rt.settings.api_requests_per_ip, rt.settings.api_requests_period_s)
+    try:
+        decision = await rt.limiter.hit(limit, request_ip(Request(scope)))
+    except Exception:
+        return True
+    scope.setdefault("state", {})["retry_after"] = decision.retry_after_s
+    return bool(decision.allowed)
+
+
+async def _too_many(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    retry = str(scope.get("state", {}).get("retry_after", 1))
+    response = problems.problem_response(
+        429, "rate-limited", "Too many requests from this address.", {"Retry-After": retry}
+    )
+    await response(scope, receive, send)
+
+
 api = FastAPI(
     title="Agora",
     version="1.0.0",
@@ -92,6 +126,7 @@ api = FastAPI(
 )
 problems.install(api)
 api.add_middleware(Guard)
+api.include_router(auth_router)
 
 CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
 _PRODUCT_COLUMNS = """
@@ -153,16 +188,21 @@ class Api:
     """The HTTP ingress deployment."""
 
     def __init__(self) -> None:
-        self.rt = Runtime(get_settings())
+        self.rt = runtime()
 
     # --- health ------------------------------------------------------------
 
-    @api.get("/healthz", tags=["health"])
+    @api.get("/healthz", tags=["health"], openapi_extra=PUBLIC)
     async def healthz(self) -> dict[str, str]:
         """The process is up (no dependency is checked)."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["health"], responses={503: {"description": "a dependency is down"}})
+    @api.get(
+        "/readyz",
+        tags=["health"],
+        openapi_extra=PUBLIC,
+        responses={503: {"description": "a dependency is down"}},
+    )
     async def readyz(self) -> Any:
         """Ready to serve: database, cache, broker and cart shards reachable."""
         try:
@@ -188,7 +228,7 @@ class Api:
             )
         return {"status": "ready"}
 
-    @api.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @api.get("/metrics", tags=["health"], response_class=PlainTextResponse, openapi_extra=PUBLIC)
     async def metrics(self) -> Response:
         """Prometheus text: request counts and latency of this replica, shard flush metrics."""
         try:
@@ -203,7 +243,7 @@ class Api:
 
     # --- catalog -----------------------------------------------------------
 
-    @api.get("/v1/products", response_model=ProductPage, tags=["catalog"])
+    @api.get("/v1/products", response_model=ProductPage, tags=["catalog"], openapi_extra=PUBLIC)
     async def list_products(
         self,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -248,6 +288,7 @@ class Api:
         "/v1/products/{sku}",
         response_model=Product,
         tags=["catalog"],
+        openapi_extra=PUBLIC,
         responses={404: {"description": "no such product"}},
     )
     async def get_product(self, sku: str) -> Any:
@@ -275,10 +316,12 @@ class Api:
 
     # --- cart --------------------------------------------------------------
 
-    async def _cart_id(self, token: str | None) -> tuple[str, str | None]:
+    async def _cart_id(self, token: str | None, principal: Any = None) -> tuple[str, str | None]:
         """The caller's cart id and, for anonymous callers, their cart token."""
         rt = await self.rt.ready()
         assert rt.tokens is not None
+        if principal is not None:
+            return f"user:{principal.user_id}", None
         if token is None:
             token = rt.tokens.issue()
         cart_id = rt.tokens.cart_id(token)
@@ -325,33 +368,43 @@ class Api:
             raise Problem(_REJECTION_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
         return reply["cart"]
 
-    @api.get("/v1/cart", response_model=CartView, tags=["cart"])
+    @api.get("/v1/cart", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC)
     async def get_cart(
         self,
         response: Response,
+        principal: MaybeUser,
         x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
         """The caller's cart; an anonymous first call gets a new cart token."""
         rt = await self.rt.ready()
-        cart_id, token = await self._cart_id(x_cart_token)
+        cart_id, token = await self._cart_id(x_cart_token, principal)
+        t0 = time.perf_counter()
         view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
-        return await self._render(view, token, response)
+        t1 = time.perf_counter()
+        body = await self._render(view, token, response)
+        t2 = time.perf_counter()
+        response.headers["Server-Timing"] = (
+            f"shard;dur={(t1 - t0) * 1000:.2f}, db;dur={(t2 - t1) * 1000:.2f}"
+        )
+        return body
 
     @api.post(
         "/v1/cart/items",
         response_model=CartView,
         tags=["cart"],
+        openapi_extra=PUBLIC,
         responses={404: {"description": "no such product"}, 422: {"description": "rejected"}},
     )
     async def add_item(
         self,
         body: AddItem,
         response: Response,
+        principal: MaybeUser,
         x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
         """Add a product; quantities of the same SKU add up."""
         rt = await self.rt.ready()
-        cart_id, token = await self._cart_id(x_cart_token)
+        cart_id, token = await self._cart_id(x_cart_token, principal)
         product = await self._product(body.sku)
         shard = rt.directory.get("cart", cart_id)
         reply = await _call_shard(
@@ -361,39 +414,70 @@ class Api:
         )
         return await self._render(self._reply(reply), token, response)
 
-    @api.patch("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"])
+    @api.patch("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC)
     async def set_quantity(
         self,
         sku: Sku,
         body: SetQuantity,
         response: Response,
+        principal: MaybeUser,
         x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
         """Set a line's quantity; 0 removes it."""
         rt = await self.rt.ready()
-        cart_id, token = await self._cart_id(x_cart_token)
+        cart_id, token = await self._cart_id(x_cart_token, principal)
         shard = rt.directory.get("cart", cart_id)
         reply = await _call_shard(shard.set_quantity.remote(cart_id, sku, body.quantity))
         return await self._render(self._reply(reply), token, response)
 
-    @api.delete("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"])
+    @api.delete(
+        "/v1/cart/items/{sku}", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC
+    )
     async def remove_item(
         self,
         sku: Sku,
         response: Response,
+        principal: MaybeUser,
         x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
         """Remove a line."""
         rt = await self.rt.ready()
-        cart_id, token = await self._cart_id(x_cart_token)
+        cart_id, token = await self._cart_id(x_cart_token, principal)
         shard = rt.directory.get("cart", cart_id)
         reply = await _call_shard(shard.remove_item.remote(cart_id, sku))
         return await self._render(self._reply(reply), token, response)
 
+    # --- operators ---------------------------------------------------------
+
+    @api.get("/v1/admin/cluster", tags=["admin"], openapi_extra=ADMIN)
+    async def cluster(self, _admin: Admin) -> dict[str, Any]:
+        """Shards with their node, pid and flush metrics; nodes; the outbox relay."""
+        import ray
+
+        from streams.outbox import relay_actor_name
+
+        rt = await self.rt.ready()
+        shards = []
+        for kind in ("cart", "session"):
+            for name in rt.directory.shard_names(kind):
+                try:
+                    stats = await asyncio.wait_for(rt.directory.handle(name).stats.remote(), 2)
+                    shards.append({"kind": kind, **stats})
+                except Exception:
+                    shards.append({"kind": kind, "name": name, "error": "unavailable"})
+        try:
+            relay = ray.get_actor(relay_actor_name(), namespace=rt.settings.ray_namespace)
+            outbox: Any = await asyncio.wait_for(relay.health.remote(), 3)
+        except Exception:
+            outbox = {"error": "unavailable"}
+        nodes = [
+            {"node_id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"]}
+            for n in ray.nodes()
+        ]
+        return {"shards": shards, "nodes": nodes, "outbox": outbox}
+
 
 async def _gather(refs: list[Any], timeout: float) -> list[Any]:
-    import asyncio
-
     return list(await asyncio.wait_for(asyncio.gather(*refs), timeout))
 
 

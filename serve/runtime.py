@@ -9,16 +9,31 @@ from urllib.parse import urlparse
 
 from actors.cart import CartShard
 from actors.directory import Directory
-from cluster.settings import Settings
+from actors.session import SessionShard
+from cluster.settings import Settings, get_settings
 from serve.carttoken import CartTokens
 
 
 def shard_directory(settings: Settings) -> Directory:
     return Directory(
-        {"cart": (CartShard, settings.cart_shards)},
+        {
+            "cart": (CartShard, settings.cart_shards),
+            "session": (SessionShard, settings.session_shards),
+        },
         namespace=settings.ray_namespace,
         vnodes=settings.virtual_nodes,
     )
+
+
+_RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime (one per API replica), built on first use."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        _RUNTIME = Runtime(get_settings())
+    return _RUNTIME
 
 
 class TTLCache:
@@ -51,6 +66,12 @@ class Runtime:
         self.urls: Any = None
         self.directory = shard_directory(settings)
         self.tokens: CartTokens | None = None
+        self.limiter: Any = None
+        self.issuer: Any = None
+        self.verifier: Any = None
+        self.jwks: dict[str, Any] = {"keys": []}
+        self._keys_loaded_at = 0.0
+        self._keys_lock = asyncio.Lock()
         self.products = TTLCache(ttl_s=2.0)
         self.facets = TTLCache(ttl_s=30.0, max_items=1000)
         self._lock = asyncio.Lock()
@@ -68,7 +89,36 @@ class Runtime:
                 self.urls = service_urls(self.settings)
                 self.tokens = CartTokens(cart_token_secret(self.settings))
                 self.redis = aioredis.from_url(self.urls.redis, socket_timeout=1.0)
+                from serve.ratelimit import RateLimiter
+
+                self.limiter = RateLimiter(self.redis, secret=cart_token_secret(self.settings))
                 self.pool = await create_pool(self.urls.database, min_size=2, max_size=8)
+        return self
+
+    async def keys(self, force: bool = False) -> Runtime:
+        """Signing and verification keys, reloaded every ``signing_key_cache_s``."""
+        await self.ready()
+        fresh = time.monotonic() - self._keys_loaded_at < self.settings.signing_key_cache_s
+        if self.verifier is not None and fresh and not force:
+            return self
+        async with self._keys_lock:
+            if self.verifier is not None and time.monotonic() - self._keys_loaded_at < 1.0:
+                return self
+            from serve.auth import keys
+            from serve.auth.tokens import TokenIssuer, TokenVerifier, jwks
+
+            s = self.settings
+            async with self.pool.acquire() as conn:
+                signing, verifying = await keys.load(
+                    conn, s.access_token_ttl_s + s.jwt_leeway_s + int(s.signing_key_cache_s)
+                )
+            self.issuer = TokenIssuer(signing, s.jwt_issuer, s.jwt_audience, s.access_token_ttl_s)
+            self.verifier = TokenVerifier(
+                {k.kid: k.public_jwk for k in verifying}, s.jwt_issuer, s.jwt_audience,
+                s.jwt_leeway_s,
+            )  # fmt: skip
+            self.jwks = jwks(verifying)
+            self._keys_loaded_at = time.monotonic()
         return self
 
     async def check_database(self) -> None:

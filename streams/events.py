@@ -56,6 +56,16 @@ def _declare(name: str, version: int, domain: str) -> EventType:
 CART_ITEM_ADDED = _declare("cart.item_added", 1, "carts")
 CART_ITEM_QUANTITY_SET = _declare("cart.item_quantity_set", 1, "carts")
 CART_ITEM_REMOVED = _declare("cart.item_removed", 1, "carts")
+CART_CLEARED = _declare("cart.cleared", 1, "carts")
+
+USER_REGISTERED = _declare("user.registered", 1, "users")
+USER_UPDATED = _declare("user.updated", 1, "users")
+USER_ERASED = _declare("user.erased", 1, "users")
+AUTH_LOGGED_IN = _declare("auth.logged_in", 1, "auth")
+AUTH_LOGIN_FAILED = _declare("auth.login_failed", 1, "auth")
+AUTH_REFRESH_REUSED = _declare("auth.refresh_reused", 1, "auth")
+AUTH_SESSION_REVOKED = _declare("auth.session_revoked", 1, "auth")
+AUTH_MFA_ENABLED = _declare("auth.mfa_enabled", 1, "auth")
 
 
 def topic_for(event_type: str) -> str:

@@ -120,3 +120,25 @@ async def test_rejected_command_changes_nothing_and_emits_nothing(directory, db)
     await shard.persist.remote(cart_id)
     assert (await stored(db, cart_id))[1] == 1
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE key = $1", cart_id) == 1
+
+
+async def test_idle_carts_are_evicted_and_reload_lazily(system, db):
+    from actors.cart import CartShard
+
+    settings = system.model_copy(update={"shard_max_keys": 5})
+    name = f"test:cart-evict:{uuid.uuid4().hex[:8]}"
+    shard = CartShard.options(name=name, namespace=system.ray_namespace).remote(name, settings)
+    try:
+        cart_ids = [new_cart_id() for _ in range(12)]
+        for i, cart_id in enumerate(cart_ids):
+            await shard.add_item.remote(cart_id, "GAR-000001", "Hose", 100, i + 1)
+            await shard.persist.remote(cart_id)
+        stats = await shard.stats.remote()
+        assert stats["resident"] <= 5
+        assert stats["evictions"] >= 7
+        loads_before = stats["loads"]
+        view = await shard.get.remote(cart_ids[0])
+        assert view["lines"][0]["quantity"] == 1
+        assert (await shard.stats.remote())["loads"] == loads_before + 1
+    finally:
+        ray.kill(shard, no_restart=True)

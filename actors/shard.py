@@ -1,0 +1,175 @@
+"""The shell shared by every shard actor kind: lazy loading, LRU eviction, write-behind.
+
+A kind supplies a ``DocumentStore`` (its table) and how to turn a stored
+document into its state and back; the shell owns the in-memory map of keys,
+the flusher, the durable path, drain and stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Generic, Protocol, TypeVar
+
+import ray
+
+from actors.writebehind import DirtyTracker, Flusher
+from cluster.settings import Settings, get_settings
+from streams.events import Envelope
+
+
+class Document(Protocol):
+    version: int
+
+    def to_doc(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=Document)
+
+
+class DocumentStore:
+    """PostgreSQL adapter: one JSON document per key, versioned upserts."""
+
+    def __init__(self, table: str, key_column: str) -> None:
+        self.table = table
+        self.key_column = key_column
+        self._upsert = f"""
+            INSERT INTO {table} ({key_column}, data, version, updated_at)
+            SELECT r.k, r.data::jsonb, r.version, now()
+            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(k, data, version)
+            ON CONFLICT ({key_column}) DO UPDATE
+               SET data = EXCLUDED.data, version = EXCLUDED.version, updated_at = now()
+             WHERE {table}.version < EXCLUDED.version
+        """
+        self._load = f"SELECT data, version FROM {table} WHERE {key_column} = $1"
+
+    async def upsert(self, conn: Any, rows: list[tuple[str, Any, int]]) -> None:
+        await conn.execute(
+            self._upsert,
+            [r[0] for r in rows],
+            [json.dumps(r[1], separators=(",", ":")) for r in rows],
+            [r[2] for r in rows],
+        )
+
+    async def load(self, conn: Any, key: str) -> tuple[dict[str, Any], int] | None:
+        row = await conn.fetchrow(self._load, key)
+        return None if row is None else (row["data"], row["version"])
+
+
+class ShardShell(Generic[S]):
+    """Owns many states of one kind; subclasses add the protocol methods."""
+
+    store: DocumentStore
+
+    def __init__(self, name: str, settings: Settings | None = None) -> None:
+        self.name = name
+        self.settings = settings or get_settings()
+        self.states: OrderedDict[str, S] = OrderedDict()
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Future[S]] = {}
+        self.flusher = Flusher(
+            DirtyTracker(self.settings.flush_batch_size, self.settings.flush_interval_ms),
+            self.store,
+            self._acquire,
+            self._snapshot,
+        )
+        self.loads = 0
+        self.evictions = 0
+
+    def new_state(self, key: str) -> S:
+        raise NotImplementedError
+
+    def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> S:
+        raise NotImplementedError
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    from cluster.db import create_pool
+                    from cluster.services import service_urls
+
+                    self._pool = await create_pool(service_urls().database, max_size=2)
+                    self.flusher.start()
+        return self._pool
+
+    def _acquire(self) -> Any:
+        return self._pool.acquire()
+
+    def _snapshot(self, key: str) -> tuple[Any, int] | None:
+        state = self.states.get(key)
+        return None if state is None else (state.to_doc(), state.version)
+
+    async def state(self, key: str) -> S:
+        """The state of ``key``, loaded from PostgreSQL on first use after a (re)start."""
+        state = self.states.get(key)
+        if state is not None:
+            self.states.move_to_end(key)
+            return state
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[S] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                found = await self.store.load(conn, key)
+            state = self.new_state(key) if found is None else self.state_from_doc(key, *found)
+            self.loads += 1
+            self.states[key] = state
+            future.set_result(state)
+            self._evict()
+            return state
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # a failed load with no other waiter must not warn
+            raise
+        finally:
+            del self._loading[key]
+
+    def _evict(self) -> None:
+        excess = len(self.states) - self.settings.shard_max_keys
+        if excess <= 0:
+            return
+        for key in list(self.states):
+            if excess <= 0:
+                break
+            if not self.flusher.tracker.is_dirty(key):
+                del self.states[key]
+                self.evictions += 1
+                excess -= 1
+
+    def changed(self, key: str, state: S, events: list[Envelope]) -> None:
+        self.flusher.mark(key, state.version, events)
+
+    async def durable(self, key: str) -> None:
+        """Wait until the current version of ``key`` has committed (group commit)."""
+        state = await self.state(key)
+        await self.flusher.durable(key, state.version)
+
+    async def drain(self) -> int:
+        """Final flush before a graceful stop."""
+        if self._pool is None:
+            return 0
+        return await self.flusher.drain()
+
+    async def stats(self) -> dict[str, Any]:
+        """Metrics: resident keys, loads, evictions, flush lag and batch sizes."""
+        return {
+            "name": self.name,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "resident": len(self.states),
+            "loads": self.loads,
+            "evictions": self.evictions,
+            **self.flusher.stats(),
+        }
+
+    async def ping(self) -> str:
+        """Liveness probe; also opens the database pool so the flusher runs."""
+        await self._get_pool()
+        return self.name

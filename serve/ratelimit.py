@@ -1,0 +1,238 @@
+"""Rate limits shared by every Serve replica, and the client address they key on.
+
+``RateLimiter`` owns the keys ``rl:<name>:<subject hash>`` in Redis. Each holds
+one GCRA "theoretical arrival time" (TAT, microseconds of Redis server time)
+and expires when the TAT passes, so an idle subject costs no memory. A
+``Limit(name, limit, period_s)`` lets ``limit`` requests through at once from
+idle and then one every ``period_s / limit`` seconds: "N per window" without a
+window boundary to game. The whole decision is one Lua script, so concurrent
+replicas can neither over-admit nor disagree because of skewed clocks.
+
+Subjects (emails, IPs, user ids) are hashed before they become part of a key;
+pass ``secret`` to make that hash keyed, since an unkeyed hash of an IPv4
+address is reversible by enumeration. The limiter hashes exactly what it is
+given, so normalise first (e.g. lowercase an email).
+
+Failed-login limits ("5 failed logins per account per 15 minutes; a successful
+login does not count") use the same limit as a failure counter. The exact
+pattern reserves before the password is checked and gives the unit back on
+success, so parallel guesses cannot slip past the limit::
+
+    decision = await limiter.hit(FAILED_LOGINS, email)
+    if not decision.allowed:
+        raise TooManyRequests(retry_after=decision.retry_after_s)
+    if verify(password):
+        await limiter.refund(FAILED_LOGINS, email)
+
+The simpler pattern, ``check`` before verifying and ``hit`` only on failure,
+also keeps successes free, but the check and the hit are separate round
+trips: N concurrent wrong guesses that all pass ``check`` are all verified.
+
+``client_ip`` decides which address a request counts against: a forwarding
+header is believed only when the direct peer is a trusted proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# KEYS[1] = key; ARGV = emission interval (us), tolerance (us), cost, consume (1/0).
+# A negative cost gives units back. Returns {allowed, retry_after_us, remaining}.
+_GCRA = """
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local consume = ARGV[4] == '1'
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then
+  tat = now
+end
+local new_tat = math.max(tat + cost * emission, now)
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, allow_at - now, math.floor((tolerance - (tat - now)) / emission)}
+end
+if not consume then
+  return {1, 0, math.floor((tolerance - (tat - now)) / emission)}
+end
+if new_tat == now then
+  redis.call('DEL', KEYS[1])
+else
+  local ttl_ms = math.ceil((new_tat - now) / 1000)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+end
+return {1, 0, math.floor((tolerance - (new_tat - now)) / emission)}
+"""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``limit`` requests per ``period_s`` seconds, all of them usable at once from idle."""
+
+    name: str
+    limit: int
+    period_s: float
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a limit needs a name")
+        if self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if not self.period_s > 0:
+            raise ValueError("period_s must be positive")
+
+    @property
+    def emission_us(self) -> int:
+        # Whole microseconds keep the script's arithmetic exact in Lua's doubles.
+        return max(1, round(self.period_s * 1_000_000 / self.limit))
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after_s: int
+    remaining: int
+
+
+class RateLimiter:
+    """GCRA limits kept in Redis; build one per process from a ``redis.asyncio`` client."""
+
+    def __init__(self, redis: Redis, *, secret: bytes | None = None) -> None:
+        self._redis = redis
+        self._secret = secret
+        self._script = redis.register_script(_GCRA)
+
+    def key(self, limit: Limit, subject: str) -> str:
+        data = subject.encode()
+        if self._secret is None:
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+        return f"rl:{limit.name}:{digest[:32]}"
+
+    async def _run(self, limit: Limit, subject: str, cost: int, *, consume: bool) -> Decision:
+        emission = limit.emission_us
+        reply = await self._script(
+            keys=[self.key(limit, subject)],
+            args=[emission, emission * limit.limit, cost, int(consume)],
+        )
+        allowed, retry_after_us, remaining = (int(value) for value in reply)
+        if allowed:
+            return Decision(True, 0, max(0, remaining))
+        return Decision(False, max(1, math.ceil(retry_after_us / 1_000_000)), max(0, remaining))
+
+    async def hit(self, limit: Limit, subject: str, cost: int = 1) -> Decision:
+        """Consume ``cost`` units if they are all available; a denial consumes nothing."""
+        if not 1 <= cost <= limit.limit:
+            raise ValueError(f"cost must be between 1 and {limit.limit}")
+        return await self._run(limit, subject, cost, consume=True)
+
+    async def peek(self, limit: Limit, subject: str) -> Decision:
+        """Whether one more unit would be allowed now, without consuming it."""
+        return await self._run(limit, subject, 1, consume=False)
+
+    async def check(self, limit: Limit, subject: str) -> Decision:
+        """Same as ``peek``: would one more be allowed? (the failure-counter spelling)."""
+        return await self.peek(limit, subject)
+
+    async def refund(self, limit: Limit, subject: str, cost: int = 1) -> Decision:
+        """Give back ``cost`` units taken by ``hit`` (e.g. the login turned out to succeed)."""
+        if cost < 1:
+            raise ValueError("cost must be at least 1")
+        return await self._run(limit, subject, -cost, consume=True)
+
+    async def reset(self, limit: Limit, subject: str) -> None:
+        """Forget everything counted against ``subject`` under ``limit``."""
+        await self._redis.delete(self.key(limit, subject))
+
+
+def trusted_networks(specs: Iterable[str]) -> frozenset[IPNetwork]:
+    """Parse proxy addresses or CIDR blocks from settings; a bad entry raises ``ValueError``."""
+    return frozenset(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
+
+
+def _parse(text: str | None) -> IPAddress | None:
+    if not text:
+        return None
+    text = text.strip()
+    candidates = [text]
+    if text.startswith("["):
+        candidates.append(text[1:].partition("]")[0])
+    elif text.count(":") == 1:
+        candidates.append(text.partition(":")[0])
+    for candidate in candidates:
+        try:
+            address = ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return address
+    return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    getlist = getattr(headers, "getlist", None)
+    if getlist is not None:
+        # A repeated header is one list (RFC 9110); reading only the first line
+        # would let a client-sent line hide the one our proxy appended.
+        values = getlist(name)
+        return ",".join(values) if values else None
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def client_ip(
+    scope_client_host: str | None,
+    headers: Mapping[str, str],
+    trusted_header: str | None,
+    trusted_proxies: Collection[IPNetwork],
+) -> str:
+    """The address a request counts against.
+
+    The forwarding header (a comma list such as ``X-Forwarded-For``) is read
+    only when the direct peer is in ``trusted_proxies``; the client is then the
+    right-most entry that is not itself a trusted proxy (entries further left
+    are whatever the client chose to send), or the left-most entry when every
+    one is a trusted proxy. A malformed entry reached on that walk discards the
+    header. Without a usable header the peer address is used, and ``"unknown"``
+    when there is no valid peer either.
+    """
+
+    def trusted(address: IPAddress) -> bool:
+        return any(address in network for network in trusted_proxies)
+
+    peer = _parse(scope_client_host)
+    if peer is None:
+        return "unknown"
+    if not trusted_header or not trusted(peer):
+        return str(peer)
+    value = _header(headers, trusted_header)
+    if value is None:
+        return str(peer)
+    entries = value.split(",")
+    for text in reversed(entries):
+        address = _parse(text)
+        if address is None:
+            return str(peer)
+        if not trusted(address):
+            return str(address)
+    leftmost = _parse(entries[0])
+    return str(leftmost) if leftmost is not None else str(peer)
