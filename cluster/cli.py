@@ -16,6 +16,8 @@ from typing import Any
 from cluster import infra
 from cluster.settings import Settings, get_settings
 
+SHARD_KINDS = ("cart", "session", "inventory")
+
 
 def _say(message: str) -> None:
     print(message, flush=True)
@@ -102,7 +104,7 @@ def deploy(settings: Settings) -> None:
     from streams.outbox import get_or_create_relay
 
     directory = shard_directory(settings)
-    shards = directory.all_handles("cart") + directory.all_handles("session")
+    shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
     ray.get([h.ping.remote() for h in shards], timeout=120)
     relay = get_or_create_relay(settings.ray_namespace)
     ray.get(relay.health.remote(), timeout=60)
@@ -131,7 +133,7 @@ def _drain(settings: Settings) -> None:
     from streams.outbox import relay_actor_name
 
     directory = shard_directory(settings)
-    shards = directory.all_handles("cart") + directory.all_handles("session")
+    shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
     flushed = ray.get([h.drain.remote() for h in shards], timeout=60)
     _say(f"final flush: {sum(flushed)} rows")
     try:
@@ -160,7 +162,7 @@ def status(settings: Settings) -> int:
     connect_ray(settings)
     directory = shard_directory(settings)
     shards = []
-    for name in directory.shard_names("cart") + directory.shard_names("session"):
+    for name in [n for kind in SHARD_KINDS for n in directory.shard_names(kind)]:
         try:
             shards.append(ray.get(directory.handle(name).stats.remote(), timeout=5))
         except Exception as exc:
@@ -280,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_parser.add_parser("rotate", help="add a new signing key; the old one keeps verifying")
     args = parser.parse_args(argv)
     settings = get_settings()
+    # Ray reads its auth settings when first imported, and several commands
+    # import modules that import Ray: set them before anything else.
+    infra.ensure_dirs(settings)
+    os.environ.update(infra.ray_env(settings))
     if args.command == "up":
         up(settings)
     elif args.command == "down":

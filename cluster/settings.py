@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     cart_max_quantity: int = 99
     cart_token_secret: str | None = None
 
+    # Inventory
+    inventory_shards: int = 4
+    reservation_ttl_s: int = 900
+    low_stock_threshold: int = 5
+    sweep_interval_ms: int = 1000
+
     # Identity
     session_shards: int = 4
     jwt_issuer: str = "http://127.0.0.1:8000"

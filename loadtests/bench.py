@@ -60,7 +60,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-SCENARIOS = ("healthz", "product_page", "add_to_cart")
+LOGIN_SAMPLES = 10
+SCENARIOS = ("healthz", "product_page", "add_to_cart", "cart_anonymous", "cart_authenticated")
 SKU_TARGET = 200
 CARTS_PER_WORKER = 3
 MAX_LINES_PER_CART = 40
@@ -190,6 +191,10 @@ class Bench:
         self.cart_turn: dict[int, int] = {}
         self.sku_turn: dict[int, int] = {}
         self.new_cart_seq = itertools.count()
+        self.credentials: tuple[str, str] = ("", "")
+        self.login_ms: list[float] = []
+        self.bearer: dict[str, str] = {}
+        self.anon_token = ""
 
     async def new_cart(self) -> Cart:
         async with self.session.get(f"{self.base_url}/v1/cart", allow_redirects=False) as resp:
@@ -218,6 +223,39 @@ class Bench:
         else:
             samples.bad(str(status), latency_ms)
         return status
+
+    async def login(self) -> None:
+        """Register a throw-away shopper and keep an access token for authenticated reads."""
+        import secrets
+        import uuid
+
+        email = f"bench-{uuid.uuid4().hex}@example.com"
+        password = secrets.token_urlsafe(18)
+        async with self.session.post(
+            f"{self.base_url}/v1/auth/register",
+            json={"email": email, "password": password, "name": "Bench"},
+        ) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"register answered {resp.status}")
+        self.credentials = (email, password)
+        for _ in range(LOGIN_SAMPLES):
+            start = time.perf_counter()
+            async with self.session.post(
+                f"{self.base_url}/v1/auth/token",
+                data={"grant_type": "password", "username": email, "password": password},
+            ) as resp:
+                body = await resp.json(content_type=None)
+            self.login_ms.append((time.perf_counter() - start) * 1000.0)
+            if resp.status != 200:
+                raise RuntimeError(f"login answered {resp.status}")
+        self.bearer = {"Authorization": f"Bearer {body['access_token']}"}
+        self.anon_token = (await self.new_cart()).token
+
+    async def cart_anonymous(self, worker: int, samples: Samples) -> None:
+        await self.request(samples, "GET", "/v1/cart", headers={"X-Cart-Token": self.anon_token})
+
+    async def cart_authenticated(self, worker: int, samples: Samples) -> None:
+        await self.request(samples, "GET", "/v1/cart", headers=self.bearer)
 
     async def healthz(self, worker: int, samples: Samples) -> None:
         await self.request(samples, "GET", "/healthz")
@@ -350,6 +388,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print_header(meta)
 
         bench = Bench(session, args.base_url, skus)
+        await bench.login()
+        login = percentile_summary(bench.login_ms)
+        meta["login_ms"] = login
+        print(f"- login (argon2id verify + session + token), {LOGIN_SAMPLES} sequential: "
+              f"p50 {fmt(login['p50_ms'])} ms, max {fmt(login['max_ms'])} ms\n")  # fmt: skip
         results: list[dict[str, Any]] = []
         for concurrency in args.concurrency:
             if args.warmup > 0:

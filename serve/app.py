@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError
 
 from cluster.settings import get_settings
 from serve import problems
+from serve.admin import router as admin_router
 from serve.auth.principal import ADMIN, PUBLIC, Admin, MaybeUser
 from serve.auth.routes import request_ip
 from serve.auth.routes import router as auth_router
@@ -127,6 +128,7 @@ api = FastAPI(
 problems.install(api)
 api.add_middleware(Guard)
 api.include_router(auth_router)
+api.include_router(admin_router)
 
 CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
 _PRODUCT_COLUMNS = """
@@ -458,7 +460,7 @@ class Api:
 
         rt = await self.rt.ready()
         shards = []
-        for kind in ("cart", "session"):
+        for kind in ("cart", "session", "inventory"):
             for name in rt.directory.shard_names(kind):
                 try:
                     stats = await asyncio.wait_for(rt.directory.handle(name).stats.remote(), 2)

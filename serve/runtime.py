@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from actors.cart import CartShard
 from actors.directory import Directory
+from actors.inventory import InventoryShard
 from actors.session import SessionShard
 from cluster.settings import Settings, get_settings
 from serve.carttoken import CartTokens
@@ -19,6 +20,7 @@ def shard_directory(settings: Settings) -> Directory:
         {
             "cart": (CartShard, settings.cart_shards),
             "session": (SessionShard, settings.session_shards),
+            "inventory": (InventoryShard, settings.inventory_shards),
         },
         namespace=settings.ray_namespace,
         vnodes=settings.virtual_nodes,

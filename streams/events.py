@@ -58,6 +58,9 @@ CART_ITEM_QUANTITY_SET = _declare("cart.item_quantity_set", 1, "carts")
 CART_ITEM_REMOVED = _declare("cart.item_removed", 1, "carts")
 CART_CLEARED = _declare("cart.cleared", 1, "carts")
 
+INVENTORY_CHANGED = _declare("inventory.changed", 1, "inventory")
+INVENTORY_LOW_STOCK = _declare("inventory.low_stock", 1, "inventory")
+
 USER_REGISTERED = _declare("user.registered", 1, "users")
 USER_UPDATED = _declare("user.updated", 1, "users")
 USER_ERASED = _declare("user.erased", 1, "users")
