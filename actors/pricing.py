@@ -70,11 +70,13 @@ Coupon (at most one, applied to the cart after the line promotions)
 
 Shipping
   * No ``shipping_method``: no shipping (``Quote.shipping`` is ``None``).
-  * A method and no destination: ``shipping-destination-required``.
+  * Checks, in this order: a method no rate has is ``shipping-method-unknown``;
+    no destination is ``shipping-destination-required``; a known method with
+    no rate for the destination state and no ``"*"`` rate is
+    ``shipping-region-unavailable``.
   * The rate is the first for (method, destination state), else the first for
-    (method, ``"*"``). A method no rate has: ``shipping-method-unknown``; a
-    known method with no rate for the state and no ``"*"`` rate:
-    ``shipping-region-unavailable``. The country is not consulted.
+    (method, ``"*"``). The state is stripped and upper-cased; the country is
+    not consulted.
   * Weight is ``sum(weight_g * quantity)``, rounded *up* to whole kilograms
     (1 g is 1 kg; 0 g is 0 kg). Cost is ``base + per_kg * kg``.
   * Free (0) when the discounted subtotal (``subtotal - discount_total``, the
@@ -107,7 +109,7 @@ Admin input
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
@@ -265,26 +267,23 @@ def quote(
             return Rejected("invalid-line", f"{line.sku}: bad quantity, price or weight")
     active = [p for p in promotions if p.starts_at <= now < p.ends_at]
     priced = [_line_discounts(line, active) for line in lines]
-    subtotal = sum(line.unit_price * line.quantity for line in lines)
-    line_discount_total = sum(d.amount for ds in priced for d in ds)
-    remaining = subtotal - line_discount_total
+    subtotals = [line.unit_price * line.quantity for line in lines]
+    line_totals = [
+        sub - sum(d.amount for d in ds) for sub, ds in zip(subtotals, priced, strict=True)
+    ]
+    subtotal = sum(subtotals)
+    remaining = sum(line_totals)
 
     coupon: Coupon | None = None
     coupon_discount = 0
     if coupon_code is not None:
-        checked = _check_coupon(
-            coupon_code, coupons, user_id, remaining, line_discount_total > 0, now
-        )
+        checked = _check_coupon(coupon_code, coupons, user_id, remaining, remaining < subtotal, now)
         if isinstance(checked, Rejected):
             return checked
         coupon = checked
         coupon_discount = _coupon_discount(coupon, remaining)
-    line_totals = [
-        line.unit_price * line.quantity - sum(d.amount for d in ds)
-        for line, ds in zip(lines, priced, strict=True)
-    ]
     shares = allocate(coupon_discount, line_totals)
-    discount_total = line_discount_total + coupon_discount
+    discount_total = subtotal - remaining + coupon_discount
 
     shipping: ShippingQuote | None = None
     if shipping_method is not None:
@@ -295,7 +294,8 @@ def quote(
 
     region = destination.state.strip().upper() if destination is not None else None
     quoted: list[QuoteLine] = []
-    for line, ds, line_total, share in zip(lines, priced, line_totals, shares, strict=True):
+    rows = zip(lines, subtotals, priced, line_totals, shares, strict=True)
+    for line, line_subtotal, ds, line_total, share in rows:
         rate_bp = _tax_rate(tax_rules, region, line.category)
         quoted.append(
             QuoteLine(
@@ -303,7 +303,7 @@ def quote(
                 category=line.category,
                 unit_price=line.unit_price,
                 quantity=line.quantity,
-                line_subtotal=line.unit_price * line.quantity,
+                line_subtotal=line_subtotal,
                 discounts=ds,
                 line_total=line_total,
                 coupon_share=share,
@@ -371,7 +371,7 @@ def _label(promotion: Promotion) -> str:
     if promotion.kind == "percentage":
         return f"{_bp_text(promotion.value)} off"
     if promotion.kind == "fixed":
-        return f"{promotion.value} off per unit"
+        return f"{_money_text(promotion.value)} off per unit"
     if promotion.kind == "buy_x_pay_y":
         return f"buy {promotion.buy} pay {promotion.pay}"
     return "quantity discount"
@@ -380,6 +380,11 @@ def _label(promotion: Promotion) -> str:
 def _bp_text(bp: int) -> str:
     whole, rest = divmod(bp, 100)
     return f"{whole}%" if rest == 0 else f"{whole}.{rest:02d}".rstrip("0") + "%"
+
+
+def _money_text(centavos: int) -> str:
+    reais, rest = divmod(centavos, 100)
+    return f"R$ {reais},{rest:02d}"
 
 
 def _line_discounts(line: Line, active: Sequence[Promotion]) -> tuple[AppliedDiscount, ...]:
@@ -426,7 +431,8 @@ def _check_coupon(
             return Rejected("coupon-user-limit", f"you have already used coupon {key}")
     if remaining < coupon.min_subtotal:
         return Rejected(
-            "coupon-min-subtotal", f"coupon {key} needs a subtotal of at least {coupon.min_subtotal}"
+            "coupon-min-subtotal",
+            f"coupon {key} needs a subtotal of at least {_money_text(coupon.min_subtotal)}",
         )
     if promoted and not coupon.stackable:
         return Rejected(
@@ -541,14 +547,12 @@ class _Fields:
                 self.bad(name, f"not used {why}")
 
     def window(self) -> tuple[int, int]:
+        errors_before = len(self.errors)
         starts_at = self.required_integer("starts_at")
         ends_at = self.required_integer("ends_at")
-        if "starts_at" not in self.fields_in_error() and ends_at <= starts_at:
+        if len(self.errors) == errors_before and ends_at <= starts_at:
             self.bad("ends_at", "must be after starts_at")
         return starts_at, ends_at
-
-    def fields_in_error(self) -> set[str]:
-        return {e.field for e in self.errors}
 
 
 def _tiers(fields: _Fields) -> tuple[tuple[int, int], ...]:

@@ -187,10 +187,11 @@ class SessionShardImpl(ShardShell[UserSessions]):
         result = state.rotate(sid, presented_hash, new_hash, _now_ms())
         if isinstance(result, Rejected):
             return {"ok": False, "code": result.code}
+        # Decide before awaiting the commit: a concurrent reuse may revoke the
+        # family meanwhile, and must not turn this (first) rotation into a loss.
+        reused = state.sessions[sid].revoked_ms is not None
         await self._commit(user_id, state, result)
-        if state.sessions[sid].revoked_ms is not None:
-            return {"ok": False, "code": "reused"}
-        return {"ok": True}
+        return {"ok": False, "code": "reused"} if reused else {"ok": True}
 
     async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
         """End one session; False when there was no such active session."""

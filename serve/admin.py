@@ -4,10 +4,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
-from ray.exceptions import RayActorError
 
 from serve.auth.principal import ADMIN, Admin
-from serve.problems import Problem
+from serve.problems import Problem, actor_call
 from serve.runtime import runtime
 from serve.schemas import Sku
 
@@ -38,11 +37,7 @@ _STATUS = {"unknown-sku": 404, "below-reserved": 409, "invalid": 422}
 
 
 async def _stock(call: Any) -> dict[str, Any]:
-    try:
-        reply = await call
-    except RayActorError as exc:
-        raise Problem(503, "unavailable", "Inventory is restarting; retry shortly.",
-                      headers={"Retry-After": "1"}) from exc  # fmt: skip
+    reply = await actor_call(call, "Inventory")
     if not reply["ok"]:
         raise Problem(_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
     return {k: reply[k] for k in ("sku", "on_hand", "reserved", "available")}

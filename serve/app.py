@@ -19,7 +19,7 @@ from fastapi import FastAPI, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from ray import serve
-from ray.exceptions import RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.settings import get_settings
 from serve import problems
@@ -77,6 +77,19 @@ class Guard:
             return await _too_many(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        received = 0
+
+        async def counted_receive() -> dict[str, Any]:
+            """Count body bytes too: a chunked upload has no Content-Length to check."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    raise StarletteHTTPException(
+                        413, f"Request bodies are limited to {MAX_BODY} bytes."
+                    )
+            return dict(message)
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal status
@@ -85,7 +98,7 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, counted_receive, send_wrapper)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
@@ -167,13 +180,7 @@ def _decode_cursor(cursor: str) -> str:
 
 
 async def _call_shard(ref: Any) -> Any:
-    try:
-        return await ref
-    except RayActorError as exc:
-        raise Problem(
-            503, "unavailable", "The cart service is restarting; retry shortly.",
-            headers={"Retry-After": "1"},
-        ) from exc  # fmt: skip
+    return await problems.actor_call(ref, "The cart service")
 
 
 _REJECTION_STATUS = {"not-in-cart": 404, "quantity-limit": 422, "cart-full": 422}

@@ -117,3 +117,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
         return problem_response(500, "internal", "Something went wrong on our side.")
+
+
+async def actor_call(ref: Any, what: str = "This service") -> Any:
+    """Await an actor call; a dead or restarting actor becomes a 503 with Retry-After."""
+    from ray.exceptions import RayActorError
+
+    try:
+        return await ref
+    except RayActorError as exc:
+        raise Problem(
+            503, "unavailable", f"{what} is restarting; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from exc  # fmt: skip

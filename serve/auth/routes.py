@@ -18,7 +18,7 @@ from serve.auth import totp
 from serve.auth.passwords import PasswordHasher, check_password, mask_email, normalise_email
 from serve.auth.principal import PUBLIC, SHOPPER, Principal, User, revocation_keys
 from serve.auth.tokens import new_refresh_token, token_hash
-from serve.problems import Problem
+from serve.problems import Problem, actor_call
 from serve.ratelimit import Limit, client_ip, trusted_networks
 from serve.runtime import Runtime, runtime
 from streams.events import (
@@ -83,6 +83,14 @@ class TokenReply(BaseModel):
 
 
 # --- helpers -------------------------------------------------------------------
+
+
+MFA_TRIES_PER_TOKEN = 5
+
+
+def _mfa_limit(rt: Runtime) -> Limit:
+    s = rt.settings
+    return Limit("mfa-failures", s.login_failures_per_account, s.login_failures_period_s)
 
 
 def _limits(rt: Runtime) -> tuple[Limit, Limit]:
@@ -161,8 +169,10 @@ async def _start_session(rt: Runtime, request: Request, user: Any) -> dict:
     refresh = _new_refresh(user["user_id"], sid)
     device = request.headers.get("user-agent", "unknown")[:200]
     lifetime_ms = rt.settings.refresh_token_ttl_days * 86_400_000
-    await _sessions(rt, user["user_id"]).open.remote(
-        user["user_id"], sid, token_hash(refresh), device, lifetime_ms
+    await actor_call(
+        _sessions(rt, user["user_id"]).open.remote(
+            user["user_id"], sid, token_hash(refresh), device, lifetime_ms
+        )
     )
     async with rt.pool.acquire() as conn:
         await _outbox(conn, AUTH_LOGGED_IN, user["user_id"], {"user_id": user["user_id"],
@@ -179,12 +189,14 @@ async def _merge_anonymous_cart(rt: Runtime, request: Request, user_id: str) -> 
     if anon_id is None:
         return
     anon = rt.directory.get("cart", anon_id)
-    view = await anon.get.remote(anon_id)
+    view = await actor_call(anon.get.remote(anon_id))
     if not view["lines"]:
         return
     user_cart = f"user:{user_id}"
-    await rt.directory.get("cart", user_cart).merge_into.remote(user_cart, view["lines"])
-    await anon.clear.remote(anon_id)
+    await actor_call(
+        rt.directory.get("cart", user_cart).merge_into.remote(user_cart, view["lines"])
+    )
+    await actor_call(anon.clear.remote(anon_id))
 
 
 def _problem_401(kind: str, detail: str, **extra: Any) -> Problem:
@@ -292,7 +304,7 @@ async def _password_grant(rt: Runtime, request: Request, body: PasswordGrant) ->
     if user["mfa_secret"]:
         mfa_token = secrets.token_urlsafe(32)
         await rt.redis.set(
-            f"mfa:{token_hash(mfa_token)}", json.dumps({"user_id": user["user_id"], "tries": 0}),
+            f"mfa:{token_hash(mfa_token)}", json.dumps({"user_id": user["user_id"]}),
             ex=rt.settings.mfa_token_ttl_s,
         )  # fmt: skip
         raise _problem_401(
@@ -314,8 +326,10 @@ async def _refresh_grant(rt: Runtime, body: RefreshGrant) -> dict:
     if user is None:
         raise _problem_401("invalid_grant", "The refresh token is invalid.", error="invalid_grant")
     new = _new_refresh(user_id, sid)
-    reply = await _sessions(rt, user_id).rotate.remote(
-        user_id, sid, token_hash(body.refresh_token), token_hash(new)
+    reply = await actor_call(
+        _sessions(rt, user_id).rotate.remote(
+            user_id, sid, token_hash(body.refresh_token), token_hash(new)
+        )
     )
     if not reply["ok"]:
         if reply["code"] == "reused":
@@ -344,8 +358,20 @@ async def mfa_login(body: MfaLogin, request: Request) -> Any:
     if raw is None:
         raise _problem_401("invalid_grant", "The MFA token is invalid or expired.",
                            error="invalid_grant")  # fmt: skip
-    pending = json.loads(raw)
-    user_id = pending["user_id"]
+    user_id = json.loads(raw)["user_id"]
+    # Reserve a try before checking the code, atomically, so parallel guesses on one
+    # token cannot exceed the cap; failures also count per account (not refunded by
+    # a correct password), and a success gives the account's unit back.
+    tries = await rt.redis.incr(key + ":tries")
+    await rt.redis.expire(key + ":tries", rt.settings.mfa_token_ttl_s)
+    mfa_failures = _mfa_limit(rt)
+    decision = await rt.limiter.hit(mfa_failures, user_id)
+    if tries > MFA_TRIES_PER_TOKEN or not decision.allowed:
+        await rt.redis.delete(key)
+        raise Problem(
+            429, "rate-limited", "Too many wrong codes; log in again later.",
+            headers={"Retry-After": str(max(decision.retry_after_s, 1))},
+        )  # fmt: skip
     async with rt.pool.acquire() as conn:
         user = await conn.fetchrow(
             "SELECT user_id, roles, mfa_secret, mfa_last_step FROM users"
@@ -354,15 +380,12 @@ async def mfa_login(body: MfaLogin, request: Request) -> Any:
         )
         accepted = user is not None and await _accept_code(conn, user, body.code)
     if not accepted:
-        tries = await rt.redis.hincrby(key + ":tries", "n", 1)
-        await rt.redis.expire(key + ":tries", rt.settings.mfa_token_ttl_s)
-        if tries >= 5:
-            await rt.redis.delete(key)
         raise _problem_401("invalid_grant", "The code is wrong or was already used.",
                            error="invalid_grant")  # fmt: skip
     if not await rt.redis.delete(key):
         raise _problem_401("invalid_grant", "The MFA token was already used.",
                            error="invalid_grant")  # fmt: skip
+    await rt.limiter.refund(mfa_failures, user_id)
     return await _start_session(rt, request, user)
 
 
@@ -447,8 +470,10 @@ async def _revoke_access(rt: Runtime, principal: Principal) -> None:
 async def logout(principal: User) -> Response:
     """End this session: its refresh-token family and this access token."""
     rt = await runtime().ready()
-    await _sessions(rt, principal.user_id).revoke.remote(
-        principal.user_id, principal.session_id, "logout"
+    await actor_call(
+        _sessions(rt, principal.user_id).revoke.remote(
+            principal.user_id, principal.session_id, "logout"
+        )
     )
     await rt.redis.set(
         revocation_keys("-", principal.session_id, "-")[1], "logout", ex=_revocation_ttl(rt)
@@ -461,7 +486,7 @@ async def logout(principal: User) -> Response:
 async def list_sessions(principal: User) -> dict[str, Any]:
     """This user's active sessions (devices), newest first."""
     rt = await runtime().ready()
-    items = await _sessions(rt, principal.user_id).list.remote(principal.user_id)
+    items = await actor_call(_sessions(rt, principal.user_id).list.remote(principal.user_id))
     items.sort(key=lambda s: s["created_at_ms"], reverse=True)
     for item in items:
         item["current"] = item["id"] == principal.session_id
@@ -477,8 +502,10 @@ async def end_session(
 ) -> Response:
     """End one of this user's sessions (e.g. a lost device)."""
     rt = await runtime().ready()
-    ended = await _sessions(rt, principal.user_id).revoke.remote(
-        principal.user_id, session_id[:64], "ended-by-user"
+    ended = await actor_call(
+        _sessions(rt, principal.user_id).revoke.remote(
+            principal.user_id, session_id[:64], "ended-by-user"
+        )
     )
     if not ended:
         raise Problem(404, "not-found", "No such active session.")
@@ -550,8 +577,8 @@ async def export_me(principal: User) -> dict[str, Any]:
             principal.user_id,
         )
     cart_id = f"user:{principal.user_id}"
-    cart = await rt.directory.get("cart", cart_id).get.remote(cart_id)
-    sessions = await _sessions(rt, principal.user_id).list.remote(principal.user_id)
+    cart = await actor_call(rt.directory.get("cart", cart_id).get.remote(cart_id))
+    sessions = await actor_call(_sessions(rt, principal.user_id).list.remote(principal.user_id))
     return {
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": profile,
@@ -569,10 +596,10 @@ async def erase_me(principal: User) -> Response:
     rt = await runtime().ready()
     user_id = principal.user_id
     await rt.redis.set(revocation_keys("-", "-", user_id)[2], "erased", ex=_revocation_ttl(rt))
-    await _sessions(rt, user_id).revoke_all.remote(user_id, "erased")
-    await _sessions(rt, user_id).erase.remote(user_id)
+    await actor_call(_sessions(rt, user_id).revoke_all.remote(user_id, "erased"))
+    await actor_call(_sessions(rt, user_id).erase.remote(user_id))
     cart_id = f"user:{user_id}"
-    await rt.directory.get("cart", cart_id).clear.remote(cart_id)
+    await actor_call(rt.directory.get("cart", cart_id).clear.remote(cart_id))
     async with rt.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE users SET email = 'erased+' || user_id || '@erased.invalid', name = '',"

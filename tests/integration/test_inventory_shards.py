@@ -34,9 +34,7 @@ async def test_concurrent_reservations_never_oversell(directory, db):
     k, n = 7, 40
     sku = await fresh_sku(db, k)
     shard = directory.get("inventory", sku)
-    replies = await asyncio.gather(
-        *[shard.reserve.remote(sku, f"r-{i}", 1) for i in range(n)]
-    )
+    replies = await asyncio.gather(*[shard.reserve.remote(sku, f"r-{i}", 1) for i in range(n)])
     assert sum(r["ok"] for r in replies) == k
     assert all(r["code"] == "insufficient" for r in replies if not r["ok"])
     stock = await shard.get.remote(sku)
