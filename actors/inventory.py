@@ -102,6 +102,21 @@ class StockItem:
         self.version += 1
         return self._changed(now_ms, "sale", -reservation.quantity, before, threshold)
 
+    def return_units(
+        self, rid: str, quantity: int, now_ms: int, threshold: int
+    ) -> list[Envelope] | Rejected:
+        """Put sold units back (a cancelled order), once per ``rid``."""
+        if self.finished.get(rid) == "returned":
+            return []
+        if quantity < 1:
+            return Rejected("invalid", "quantity must be at least 1")
+        before = self.on_hand
+        self.on_hand += quantity
+        self.committed_units -= quantity
+        self._finish(rid, "returned")
+        self.version += 1
+        return self._changed(now_ms, "return", quantity, before, threshold)
+
     def set_on_hand(self, on_hand: int, now_ms: int, threshold: int) -> list[Envelope] | Rejected:
         return self.adjust(on_hand - self.on_hand, "set", now_ms, threshold)
 
@@ -294,6 +309,13 @@ class InventoryShardImpl(ShardShell[StockItem]):
         item = await self.state(sku)
         return await self._answer(
             item, item.commit(rid, _now_ms(), self.settings.low_stock_threshold)
+        )
+
+    async def return_units(self, sku: str, rid: str, quantity: int) -> dict[str, Any]:
+        """Put sold units back once per ``rid`` (order cancellation), durably."""
+        item = await self.state(sku)
+        return await self._answer(
+            item, item.return_units(rid, quantity, _now_ms(), self.settings.low_stock_threshold)
         )
 
     async def set_on_hand(self, sku: str, on_hand: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 from cluster import infra
 from cluster.settings import Settings, get_settings
 
-SHARD_KINDS = ("cart", "session", "inventory")
+SHARD_KINDS = ("cart", "session", "inventory", "order")
 
 
 def _say(message: str) -> None:

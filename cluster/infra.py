@@ -1,4 +1,4 @@
-"""Embedded infrastructure for local runs: PostgreSQL, Redis, Pulsar and the Ray head.
+"""Embedded infrastructure for local runs: PostgreSQL, Redis, Pulsar, localstripe, the Ray head.
 
 Each service is used from its URL setting when set; otherwise its embedded
 default is started with data under ``var/`` (so a restart keeps the data) and
@@ -176,6 +176,36 @@ def start_pulsar(settings: Settings) -> str:
     return f"pulsar://127.0.0.1:{port}"
 
 
+# --- Stripe-compatible PSP (localstripe) ------------------------------------
+
+
+def start_localstripe(settings: Settings) -> str:
+    data_dir = settings.var_dir / "localstripe"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_file = data_dir / "port"
+    known = read_pids(settings).get("localstripe", [])
+    if known and all(alive(p) for p in known) and port_file.exists():
+        return f"http://127.0.0.1:{port_file.read_text().strip()}"
+    port = _free_port(8420, 8470)
+    with open(settings.log_dir / "localstripe.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.localstripe_server", "--port", str(port),
+             "--state", str(data_dir / "store.pickle")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=data_dir, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_tcp("127.0.0.1", port, 15)
+    except TimeoutError as exc:
+        _terminate([proc.pid])
+        raise TimeoutError(
+            "embedded localstripe did not start; see var/log/localstripe.log"
+        ) from exc
+    port_file.write_text(str(port))
+    _record(settings, "localstripe", [proc.pid])
+    return f"http://127.0.0.1:{port}"
+
+
 # --- Ray head ----------------------------------------------------------------
 
 
@@ -280,6 +310,7 @@ def start_services(settings: Settings) -> dict[str, str]:
         "database": settings.database_url or start_postgres(settings),
         "redis": settings.redis_url or start_redis(settings),
         "pulsar": settings.pulsar_url or start_pulsar(settings),
+        "stripe": settings.stripe_api_base or start_localstripe(settings),
     }
     (settings.run_dir / "services.json").write_text(json.dumps(urls, indent=2))
     return urls
@@ -292,7 +323,7 @@ def stop_all(settings: Settings) -> list[str]:
         stop_ray(settings)
         stopped.append("ray")
     pids = read_pids(settings)
-    for name in ("pulsar", "redis", "postgres"):
+    for name in ("localstripe", "pulsar", "redis", "postgres"):
         if name not in pids:
             continue
         if name == "postgres":

@@ -18,6 +18,7 @@ class ServiceUrls:
     database: str
     redis: str
     pulsar: str
+    stripe: str
 
 
 class ServicesNotRunning(RuntimeError):
@@ -36,14 +37,15 @@ def service_urls(settings: Settings | None = None) -> ServiceUrls:
     if path.exists():
         recorded = json.loads(path.read_text())
     urls = {}
-    for name, value in (
-        ("database", settings.database_url),
-        ("redis", settings.redis_url),
-        ("pulsar", settings.pulsar_url),
+    for name, value, variable in (
+        ("database", settings.database_url, "AGORA_DATABASE_URL"),
+        ("redis", settings.redis_url, "AGORA_REDIS_URL"),
+        ("pulsar", settings.pulsar_url, "AGORA_PULSAR_URL"),
+        ("stripe", settings.stripe_api_base, "AGORA_STRIPE_API_BASE"),
     ):
         url = value or recorded.get(name)
         if not url:
-            raise ServicesNotRunning(f"{name}: set AGORA_{name.upper()}_URL or run `agora up`")
+            raise ServicesNotRunning(f"{name}: set {variable} or run `agora up`")
         urls[name] = url
     return ServiceUrls(**urls)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     pulsar_url: str | None = None
+    # A Stripe-compatible payments API; unset: the embedded localstripe. The
+    # default key suits localstripe only (it accepts any ``sk_`` key);
+    # production sets the real secret key through AGORA_STRIPE_API_KEY. It is
+    # a SecretStr so no repr or log of the settings ever shows it.
+    stripe_api_base: str | None = None
+    stripe_api_key: SecretStr = SecretStr("sk_test_agora_local")
 
     # Ray
     ray_port: int = 6380
@@ -52,6 +58,11 @@ class Settings(BaseSettings):
     reservation_ttl_s: int = 900
     low_stock_threshold: int = 5
     sweep_interval_ms: int = 1000
+
+    # Orders
+    order_shards: int = 4
+    fraud_review_score: int = 50
+    fraud_block_score: int = 80
 
     # Identity
     session_shards: int = 4

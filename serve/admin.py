@@ -1,10 +1,27 @@
-"""Operator routes (role ``admin``): stock. No ``from __future__ import annotations``."""
+"""Operator routes (role ``admin``): stock, promotions and coupons.
 
-from typing import Annotated, Any
+No ``from __future__ import annotations``: FastAPI must see real annotations.
 
-from fastapi import APIRouter
+Promotions and coupons are validated by the pricing engine
+(``actors.pricing.validate_promotion`` / ``validate_coupon``), which lists every
+bad field; this layer adds RFC 3339 timestamps (epoch seconds are accepted too)
+and length limits on the free-text fields.
+"""
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.pricing import Coupon, FieldError, Promotion, Rejected, validate_coupon
+from actors.pricing import validate_promotion as engine_validate_promotion
+from serve import pricing_service
 from serve.auth.principal import ADMIN, Admin
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
@@ -66,3 +83,275 @@ async def adjust_stock(sku: Sku, body: AdjustStock, _admin: Admin) -> Any:
     """Add (positive delta) or remove stock with a reason; never below what is reserved."""
     await runtime().ready()
     return await _stock(_shard(sku).adjust.remote(sku, body.delta, body.reason))
+
+
+# --- promotions and coupons -------------------------------------------------------
+
+MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_INT = 10**12  # no price, count or priority needs more; keeps jsonb and bigint casts safe
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_LIMITS = {"target_value": 64, "label": 200}
+
+
+class PromotionView(BaseModel):
+    id: str
+    kind: str = Field(description="percentage, fixed, buy_x_pay_y or tier")
+    target: str = Field(description="sku, category or cart")
+    target_value: str | None = None
+    value: int | None = Field(default=None, description="basis points or centavos per unit")
+    buy: int | None = None
+    pay: int | None = None
+    tiers: list[list[int]] | None = Field(default=None, description="[[min_quantity, bp], ...]")
+    starts_at: str
+    ends_at: str = Field(description="exclusive")
+    stackable: bool
+    priority: int
+    label: str | None = None
+    created_at: str
+
+
+class CouponView(BaseModel):
+    code: str
+    kind: str = Field(description="percentage or fixed")
+    value: int = Field(description="basis points, or centavos off the order")
+    starts_at: str
+    ends_at: str = Field(description="exclusive")
+    min_subtotal: int
+    max_uses_total: int | None = None
+    max_uses_per_user: int | None = None
+    stackable: bool
+    label: str | None = None
+    uses_total: int
+    created_at: str
+
+
+class PromotionPage(BaseModel):
+    items: list[PromotionView]
+    next_cursor: str | None
+
+
+class CouponPage(BaseModel):
+    items: list[CouponView]
+    next_cursor: str | None
+
+
+def _rfc3339(value: int | datetime) -> str:
+    when = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _epoch(value: Any) -> int | FieldError | None:
+    """An admin timestamp (RFC 3339 with an offset, or epoch seconds) in epoch seconds."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value) if len(value) <= 40 else None
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            return FieldError("", "must be an RFC 3339 timestamp with an offset, or epoch seconds")
+        return int(parsed.timestamp())
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TIME:
+        return FieldError("", f"must be at most {MAX_TIME} (epoch seconds)")
+    return None
+
+
+def _prepare(data: Mapping[str, Any], id_field: str) -> tuple[dict[str, Any], list[FieldError]]:
+    """Times to epoch seconds and the limits the engine leaves open, as field errors."""
+    prepared = dict(data)
+    errors: list[FieldError] = []
+    for name in ("starts_at", "ends_at"):
+        converted = _epoch(prepared.get(name))
+        if isinstance(converted, FieldError):
+            errors.append(FieldError(name, converted.message))
+            prepared.pop(name)
+        elif converted is not None:
+            prepared[name] = converted
+    for name, value in prepared.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            errors.append(FieldError(name, f"must be at most {MAX_INT} in size"))
+    raw_id = prepared.get(id_field)
+    if isinstance(raw_id, str) and raw_id.strip() and not _ID.fullmatch(raw_id.strip()):
+        errors.append(FieldError(id_field, "must be 1 to 64 letters, digits, '_', '.', ':' or '-'"))
+    for name, limit in _LIMITS.items():
+        value = prepared.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            errors.append(FieldError(name, f"must be at most {limit} characters"))
+    return prepared, errors
+
+
+T = TypeVar("T")
+
+
+def _validated(
+    data: Mapping[str, Any], id_field: str, validate: Callable[[Mapping[str, Any]], T | Rejected]
+) -> T:
+    prepared, errors = _prepare(data, id_field)
+    checked = validate(prepared)
+    if isinstance(checked, Rejected):
+        mine = {e.field for e in errors}
+        errors += [e for e in checked.errors if e.field not in mine]
+    if errors or isinstance(checked, Rejected):
+        fields = [{"field": f"body.{e.field}", "message": e.message} for e in errors]
+        raise Problem(422, "validation", "The request has invalid fields.", errors=fields)
+    return checked
+
+
+def _promotion_view(data: Mapping[str, Any], created_at: datetime) -> dict[str, Any]:
+    return {
+        **data,
+        "starts_at": _rfc3339(data["starts_at"]),
+        "ends_at": _rfc3339(data["ends_at"]),
+        "created_at": _rfc3339(created_at),
+    }
+
+
+def _coupon_view(data: Mapping[str, Any], uses_total: int, created_at: datetime) -> dict[str, Any]:
+    return {**_promotion_view(data, created_at), "uses_total": uses_total}
+
+
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": key}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
+        after = data["after"]
+        if not isinstance(after, str) or len(after) > 64:
+            raise ValueError
+        return after
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
+
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+_PROMOTION_EXAMPLE = {
+    "id": "books-10",
+    "kind": "percentage",
+    "target": "category",
+    "target_value": "books",
+    "value": 1000,
+    "starts_at": "2026-01-01T00:00:00Z",
+    "ends_at": "2026-02-01T00:00:00Z",
+    "label": "10% off books",
+}
+_COUPON_EXAMPLE = {
+    "code": "BEMVINDO10",
+    "kind": "percentage",
+    "value": 1000,
+    "starts_at": "2026-01-01T00:00:00Z",
+    "ends_at": "2027-01-01T00:00:00Z",
+    "min_subtotal": 10000,
+    "max_uses_per_user": 1,
+}
+
+
+@router.post(
+    "/v1/admin/promotions",
+    response_model=PromotionView,
+    status_code=201,
+    openapi_extra=ADMIN,
+    responses={409: {"description": "a promotion with this id exists"},
+               422: {"description": "invalid fields, each listed"}},
+)  # fmt: skip
+async def create_promotion(
+    body: Annotated[dict[str, Any], Body(examples=[_PROMOTION_EXAMPLE])], _admin: Admin
+) -> Any:
+    """Create an automatic promotion (applies to matching cart lines inside its window).
+
+    Fields: `id`; `kind` (`percentage` with `value` in basis points, `fixed` with
+    `value` in centavos off per unit, `buy_x_pay_y` with `buy` and `pay`, `tier` with
+    `tiers` `[[min_quantity, bp], ...]`); `target` (`sku`, `category` or `cart`) and
+    `target_value` (not for `cart`); `starts_at` and `ends_at` (exclusive), RFC 3339
+    or epoch seconds; optional `stackable`, `priority`, `label`. Carts see it within
+    5 seconds. An existing id is a 409; promotions are never overwritten.
+    """
+    promotion: Promotion = _validated(body, "id", engine_validate_promotion)
+    doc = pricing_service.promotion_doc(promotion)
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        created_at = await conn.fetchval(
+            "INSERT INTO promotions (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
+            " RETURNING created_at",
+            promotion.id, doc,
+        )  # fmt: skip
+    if created_at is None:
+        raise Problem(409, "promotion-exists", f"A promotion with id {promotion.id!r} exists.")
+    pricing_service.TABLES.invalidate()
+    return _promotion_view(doc, created_at)
+
+
+@router.get("/v1/admin/promotions", response_model=PromotionPage, openapi_extra=ADMIN)
+async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) -> Any:
+    """Every promotion (running, future and ended), ordered by id."""
+    after = _decode_cursor(cursor)
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, data, created_at FROM promotions WHERE ($1::text IS NULL OR id > $1)"
+            " ORDER BY id LIMIT $2",
+            after, limit + 1,
+        )  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [_promotion_view(r["data"], r["created_at"]) for r in rows],
+        "next_cursor": _encode_cursor(rows[-1]["id"]) if more else None,
+    }
+
+
+@router.post(
+    "/v1/admin/coupons",
+    response_model=CouponView,
+    status_code=201,
+    openapi_extra=ADMIN,
+    responses={409: {"description": "a coupon with this code exists"},
+               422: {"description": "invalid fields, each listed"}},
+)  # fmt: skip
+async def create_coupon(
+    body: Annotated[dict[str, Any], Body(examples=[_COUPON_EXAMPLE])], _admin: Admin
+) -> Any:
+    """Create a coupon code shoppers apply to their cart (one coupon per cart).
+
+    Fields: `code` (1-64 letters, digits, `-`, `_`; case-insensitive, stored
+    upper-cased); `kind` `percentage` (`value` in basis points of the subtotal after
+    promotions) or `fixed` (`value` centavos off the order); `starts_at`, `ends_at`
+    (exclusive), RFC 3339 or epoch seconds; optional `min_subtotal` (centavos, after
+    promotions), `max_uses_total`, `max_uses_per_user` (needs a logged-in shopper),
+    `stackable` (may combine with promotions; default no), `label`. An existing code
+    is a 409.
+    """
+    coupon: Coupon = _validated(body, "code", validate_coupon)
+    doc = pricing_service.coupon_doc(coupon)
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        created_at = await conn.fetchval(
+            "INSERT INTO coupons (code, data) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING"
+            " RETURNING created_at",
+            coupon.code, doc,
+        )  # fmt: skip
+    if created_at is None:
+        raise Problem(409, "coupon-exists", f"A coupon with code {coupon.code!r} exists.")
+    return _coupon_view(doc, 0, created_at)
+
+
+@router.get("/v1/admin/coupons", response_model=CouponPage, openapi_extra=ADMIN)
+async def list_coupons(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) -> Any:
+    """Every coupon with its use count, ordered by code."""
+    after = _decode_cursor(cursor)
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT code, data, uses_total, created_at FROM coupons"
+            " WHERE ($1::text IS NULL OR code > $1) ORDER BY code LIMIT $2",
+            after, limit + 1,
+        )  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [_coupon_view(r["data"], r["uses_total"], r["created_at"]) for r in rows],
+        "next_cursor": _encode_cursor(rows[-1]["code"]) if more else None,
+    }

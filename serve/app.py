@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Response
 from fastapi.responses import PlainTextResponse
@@ -21,16 +21,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.pricing import AppliedDiscount, Destination, Quote, Rejected
 from cluster.settings import get_settings
-from serve import problems
+from serve import pricing_service, problems
 from serve.admin import router as admin_router
 from serve.auth.principal import ADMIN, PUBLIC, Admin, MaybeUser
 from serve.auth.routes import request_ip
 from serve.auth.routes import router as auth_router
+from serve.orders import router as orders_router
 from serve.problems import Problem
 from serve.ratelimit import Limit
 from serve.runtime import runtime
-from serve.schemas import AddItem, CartView, Product, ProductPage, SetQuantity, Sku, money
+from serve.schemas import (
+    AddItem,
+    ApplyCoupon,
+    CartView,
+    Product,
+    ProductPage,
+    SetQuantity,
+    Sku,
+    money,
+)
 
 REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -142,6 +153,7 @@ problems.install(api)
 api.add_middleware(Guard)
 api.include_router(auth_router)
 api.include_router(admin_router)
+api.include_router(orders_router)
 
 CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
 _PRODUCT_COLUMNS = """
@@ -181,6 +193,61 @@ def _decode_cursor(cursor: str) -> str:
 
 async def _call_shard(ref: Any) -> Any:
     return await problems.actor_call(ref, "The cart service")
+
+
+def _discount(d: AppliedDiscount) -> dict[str, Any]:
+    return {"id": d.id, "label": d.label, "amount": money(d.amount)}
+
+
+def _cart_body(
+    view: dict[str, Any],
+    priced: Quote,
+    facts: dict[str, pricing_service.ProductFacts],
+    token: str | None,
+    coupon: dict[str, Any] | None,
+    state: str | None,
+) -> dict[str, Any]:
+    """The cart response from the shard's view and its quote (lines in the same order)."""
+    promotions: dict[str, dict[str, Any]] = {}
+    lines = []
+    for line, quoted in zip(view["lines"], priced.lines, strict=True):
+        for d in quoted.discounts:
+            entry = promotions.setdefault(
+                d.id, {"id": d.id, "label": d.label, "amount": 0, "kind": "promotion"}
+            )
+            entry["amount"] += d.amount
+        fact = facts.get(line["sku"])
+        lines.append(
+            {
+                "sku": line["sku"],
+                "name": line["name"],
+                "quantity": line["quantity"],
+                "unit_price": money(quoted.unit_price),
+                "line_subtotal": money(quoted.line_subtotal),
+                "discounts": [_discount(d) for d in quoted.discounts],
+                "line_total": money(quoted.line_total),
+                "available": fact is not None and fact.available >= line["quantity"],
+            }
+        )
+    discounts = [{**p, "amount": money(p["amount"])} for p in promotions.values()]
+    discounts += [{**_discount(d), "kind": "coupon"} for d in priced.discounts]
+    shipping = priced.shipping
+    delivery = None
+    if shipping is not None:
+        region = (state or "").strip().upper()
+        delivery = {"method": shipping.method, "state": region, "days": shipping.days}
+    return {
+        "cart_token": token,
+        "lines": lines,
+        "subtotal": money(priced.subtotal),
+        "discounts": discounts,
+        "discount_total": money(priced.discount_total),
+        "coupon": coupon,
+        "shipping": money(shipping.amount) if shipping is not None else None,
+        "delivery": delivery,
+        "tax": money(priced.tax),
+        "total": money(priced.total),
+    }
 
 
 _REJECTION_STATUS = {"not-in-cart": 404, "quantity-limit": 422, "cart-full": 422}
@@ -338,59 +405,86 @@ class Api:
             raise Problem(400, "invalid-cart-token", "X-Cart-Token is not a token this API issued.")
         return cart_id, token
 
-    async def _render(self, view: dict[str, Any], token: str | None, response: Response) -> Any:
+    async def _render(
+        self,
+        view: dict[str, Any],
+        token: str | None,
+        response: Response,
+        principal: Any = None,
+        shipping_method: str | None = None,
+        state: str | None = None,
+    ) -> Any:
+        """The cart as answered: lines with availability, priced by the pricing engine.
+
+        A stored coupon that no longer applies is shown with ``applied: false`` and
+        the reason, and the cart is priced without it; a shipping request the engine
+        refuses (unknown method, unreachable state) is a 422.
+        """
         rt = await self.rt.ready()
+        user_id = principal.user_id if principal is not None else None
+        destination = Destination("BR", state, "") if state is not None else None
+        method = shipping_method if view["lines"] else None  # nothing to ship
         skus = [line["sku"] for line in view["lines"]]
-        available: dict[str, int] = {}
-        if skus:
-            async with rt.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT sku, on_hand - reserved AS available FROM inventory"
-                    " WHERE sku = ANY($1::text[])",
-                    skus,
-                )
-            available = {r["sku"]: r["available"] for r in rows}
+        async with rt.pool.acquire() as conn:
+            facts = await pricing_service.product_facts(conn, skus)
+            code = await pricing_service.cart_coupon(conn, view["cart_id"])
+            priced = await pricing_service.cart_quote(
+                conn, view, code, user_id, method, destination, facts=facts
+            )
+            coupon: dict[str, Any] | None = None
+            if code is not None:
+                coupon = {"code": code, "applied": True, "reason_code": None, "reason": None}
+                if isinstance(priced, Rejected) and priced.code.startswith("coupon-"):
+                    coupon.update(applied=False, reason_code=priced.code, reason=priced.detail)
+                    priced = await pricing_service.cart_quote(
+                        conn, view, None, user_id, method, destination, facts=facts
+                    )
+        if isinstance(priced, Rejected):
+            raise Problem(422, priced.code, priced.detail)
         if token is not None:
             response.headers[CART_TOKEN] = token
-        subtotal = view["subtotal"]
-        return {
-            "cart_token": token,
-            "lines": [
-                {
-                    "sku": line["sku"],
-                    "name": line["name"],
-                    "quantity": line["quantity"],
-                    "unit_price": money(line["unit_price"]),
-                    "line_total": money(line["line_total"]),
-                    "available": available.get(line["sku"], 0) >= line["quantity"],
-                }
-                for line in view["lines"]
-            ],
-            "subtotal": money(subtotal),
-            "discounts": [],
-            "shipping": None,
-            "total": money(subtotal),
-        }
+        return _cart_body(view, priced, facts, token, coupon, state)
 
     def _reply(self, reply: dict[str, Any]) -> dict[str, Any]:
         if not reply["ok"]:
             raise Problem(_REJECTION_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
         return reply["cart"]
 
-    @api.get("/v1/cart", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC)
+    @api.get(
+        "/v1/cart",
+        response_model=CartView,
+        tags=["cart"],
+        openapi_extra=PUBLIC,
+        responses={422: {"description": "the shipping request cannot be quoted"}},
+    )
     async def get_cart(
         self,
         response: Response,
         principal: MaybeUser,
         x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+        shipping_method: Annotated[
+            Literal["standard", "express"] | None,
+            Query(description="quote shipping with this method (needs `state`)"),
+        ] = None,
+        state: Annotated[
+            str | None,
+            Query(pattern=r"^[A-Za-z]{2}$", description="destination state (UF), e.g. SP"),
+        ] = None,
     ) -> Any:
-        """The caller's cart; an anonymous first call gets a new cart token."""
+        """The caller's cart, priced: promotions, the coupon, and tax; an anonymous first
+        call gets a new cart token.
+
+        Shipping is quoted only when asked: `?shipping_method=standard&state=SP` fills
+        `shipping` and `delivery` and adds shipping to `total`; a method without a state,
+        or a state the method does not reach, is a 422. `state` alone selects the tax
+        rules of that state. An empty cart has nothing to ship (`shipping` stays null).
+        """
         rt = await self.rt.ready()
         cart_id, token = await self._cart_id(x_cart_token, principal)
         t0 = time.perf_counter()
         view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
         t1 = time.perf_counter()
-        body = await self._render(view, token, response)
+        body = await self._render(view, token, response, principal, shipping_method, state)
         t2 = time.perf_counter()
         response.headers["Server-Timing"] = (
             f"shard;dur={(t1 - t0) * 1000:.2f}, db;dur={(t2 - t1) * 1000:.2f}"
@@ -421,7 +515,7 @@ class Api:
                 cart_id, body.sku, product["name"], product["price"]["amount"], body.quantity
             )
         )
-        return await self._render(self._reply(reply), token, response)
+        return await self._render(self._reply(reply), token, response, principal)
 
     @api.patch("/v1/cart/items/{sku}", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC)
     async def set_quantity(
@@ -437,7 +531,7 @@ class Api:
         cart_id, token = await self._cart_id(x_cart_token, principal)
         shard = rt.directory.get("cart", cart_id)
         reply = await _call_shard(shard.set_quantity.remote(cart_id, sku, body.quantity))
-        return await self._render(self._reply(reply), token, response)
+        return await self._render(self._reply(reply), token, response, principal)
 
     @api.delete(
         "/v1/cart/items/{sku}", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC
@@ -454,7 +548,56 @@ class Api:
         cart_id, token = await self._cart_id(x_cart_token, principal)
         shard = rt.directory.get("cart", cart_id)
         reply = await _call_shard(shard.remove_item.remote(cart_id, sku))
-        return await self._render(self._reply(reply), token, response)
+        return await self._render(self._reply(reply), token, response, principal)
+
+    @api.post(
+        "/v1/cart/coupon",
+        response_model=CartView,
+        tags=["cart"],
+        openapi_extra=PUBLIC,
+        responses={422: {"description": "the code does not apply (the type names the reason)"}},
+    )
+    async def apply_coupon(
+        self,
+        body: ApplyCoupon,
+        response: Response,
+        principal: MaybeUser,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Apply a coupon code (case-insensitive) to the cart; it replaces any earlier one.
+
+        The code is checked by pricing the cart with it. When it does not apply the
+        answer is a 422 whose `type` ends with the reason (`coupon-unknown`,
+        `coupon-not-started`, `coupon-expired`, `coupon-exhausted`,
+        `coupon-login-required`, `coupon-user-limit`, `coupon-min-subtotal`,
+        `coupon-not-stackable`) and the cart keeps its previous coupon. The coupon
+        stays with the cart and is re-checked every time the cart is shown.
+        """
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token, principal)
+        view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
+        user_id = principal.user_id if principal is not None else None
+        async with rt.pool.acquire() as conn:
+            priced = await pricing_service.cart_quote(conn, view, body.code, user_id)
+            if isinstance(priced, Rejected):
+                raise Problem(422, priced.code, priced.detail)
+            await pricing_service.set_cart_coupon(conn, cart_id, body.code)
+        return await self._render(view, token, response, principal)
+
+    @api.delete("/v1/cart/coupon", response_model=CartView, tags=["cart"], openapi_extra=PUBLIC)
+    async def remove_coupon(
+        self,
+        response: Response,
+        principal: MaybeUser,
+        x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Remove the cart's coupon (a cart without one is left as it is) and answer the cart."""
+        rt = await self.rt.ready()
+        cart_id, token = await self._cart_id(x_cart_token, principal)
+        async with rt.pool.acquire() as conn:
+            await pricing_service.clear_cart_coupon(conn, cart_id)
+        view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
+        return await self._render(view, token, response, principal)
 
     # --- operators ---------------------------------------------------------
 
@@ -467,7 +610,7 @@ class Api:
 
         rt = await self.rt.ready()
         shards = []
-        for kind in ("cart", "session", "inventory"):
+        for kind in ("cart", "session", "inventory", "order"):
             for name in rt.directory.shard_names(kind):
                 try:
                     stats = await asyncio.wait_for(rt.directory.handle(name).stats.remote(), 2)

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from actors.cart import CartShard
 from actors.directory import Directory
 from actors.inventory import InventoryShard
+from actors.order import OrderShard
 from actors.session import SessionShard
 from cluster.settings import Settings, get_settings
 from serve.carttoken import CartTokens
@@ -21,6 +22,7 @@ def shard_directory(settings: Settings) -> Directory:
             "cart": (CartShard, settings.cart_shards),
             "session": (SessionShard, settings.session_shards),
             "inventory": (InventoryShard, settings.inventory_shards),
+            "order": (OrderShard, settings.order_shards),
         },
         namespace=settings.ray_namespace,
         vnodes=settings.virtual_nodes,

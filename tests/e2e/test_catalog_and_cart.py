@@ -6,27 +6,15 @@ import httpx
 import pytest
 
 from tests.conftest import eventually
+from tests.e2e.problems import assert_problem
 
 pytestmark = pytest.mark.e2e
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
 def http(base_url):
     with httpx.Client(base_url=base_url, timeout=30) as client:
         yield client
-
-
-def assert_problem(reply: httpx.Response, status: int) -> dict:
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith(PROBLEM)
-    body = reply.json()
-    assert body["status"] == status
-    assert body["type"].startswith("https://") and body["title"]
-    for secret in ("Traceback", "asyncpg", "SELECT", "ray.", "/work/"):
-        assert secret not in reply.text
-    return body
 
 
 def new_cart(http) -> str:

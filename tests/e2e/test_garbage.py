@@ -3,9 +3,9 @@
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+from tests.e2e.problems import assert_problem
 
-PROBLEM = "application/problem+json"
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,6 @@ def cart(http):
 
 def snapshot(http, headers):
     return http.get("/v1/cart", headers=headers).json()
-
-
-def assert_problem(reply, statuses):
-    assert reply.status_code in statuses, (reply.status_code, reply.text)
-    assert reply.headers["content-type"].startswith(PROBLEM)
-    body = reply.json()
-    assert body["status"] == reply.status_code and body["type"] and body["title"]
-    for leak in ("Traceback", "asyncpg", "SELECT", "ray.", "/work/", "pydantic"):
-        assert leak not in reply.text
 
 
 BAD_BODIES = [

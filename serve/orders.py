@@ -1,0 +1,221 @@
+"""Checkout and orders routes (API.md, "Checkout and orders").
+
+The API validates and authorises; the order's shard runs the saga. The total
+is always computed by the server. No ``from __future__ import annotations``.
+"""
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.order import order_id_for
+from serve.auth.principal import SHOPPER, User
+from serve.problems import Problem, actor_call
+from serve.runtime import runtime
+
+router = APIRouter(tags=["orders"])
+
+# 13 to 19 digits, optionally grouped by spaces or dashes: what a card number looks like.
+_CARD_NUMBER = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+def carries_card_number(text: str) -> bool:
+    """Whether the text holds a Luhn-valid 13-19 digit number (a card number)."""
+    for match in _CARD_NUMBER.finditer(text):
+        digits = [int(c) for c in match.group() if c.isdigit()]
+        total = 0
+        for i, digit in enumerate(reversed(digits)):
+            if i % 2:
+                digit = digit * 2 - 9 if digit > 4 else digit * 2
+            total += digit
+        if total % 10 == 0:
+            return True
+    return False
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Address(Input):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    line1: Annotated[str, Field(min_length=1, max_length=200)]
+    line2: Annotated[str, Field(max_length=200)] | None = None
+    city: Annotated[str, Field(min_length=1, max_length=100)]
+    state: Annotated[str, Field(max_length=40)] | None = None
+    postal_code: Annotated[str, Field(pattern=r"^[0-9A-Za-z -]{3,12}$")]
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class CardPayment(Input):
+    method: Literal["card"]
+    token: Annotated[str, Field(pattern=r"^pm_[A-Za-z0-9_]{1,100}$")]
+
+
+class PixPayment(Input):
+    method: Literal["pix"]
+
+
+class Checkout(Input):
+    shipping_address: Address
+    shipping_method: Literal["standard", "express"]
+    payment: CardPayment | PixPayment = Field(discriminator="method")
+
+
+_FAILURE_STATUS = {
+    "out-of-stock": 409,
+    "payment-declined": 402,
+    "fraud-blocked": 403,
+    "empty-cart": 422,
+    "reservation-expired": 409,
+}
+
+
+def _shard(order_id: str) -> Any:
+    return runtime().directory.get("order", order_id)
+
+
+@router.post(
+    "/v1/checkout", status_code=201, openapi_extra=SHOPPER,
+    responses={202: {"description": "pending_review"}, 402: {"description": "declined"},
+               403: {"description": "fraud-blocked"}, 409: {"description": "out of stock"},
+               422: {"description": "validation, or Idempotency-Key reused with another body"}},
+)  # fmt: skip
+async def checkout(
+    request: Request,
+    response: Response,
+    principal: User,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Any:
+    """Place an order from the caller's cart. ``Idempotency-Key`` is required."""
+    raw = await request.body()
+    if carries_card_number(raw.decode("utf-8", errors="replace")):
+        raise Problem(
+            422, "card-data-refused", "Card numbers are never accepted; send a token (pm_...)."
+        )
+    if not idempotency_key or not idempotency_key.strip():
+        raise Problem(400, "idempotency-key-required", "Send an Idempotency-Key header.")
+    try:
+        body = Checkout.model_validate_json(raw)
+    except ValueError as exc:
+        errors: list[Any] = getattr(exc, "errors", list)()
+        fields = [{"field": "body." + ".".join(map(str, e.get("loc", ()))),
+                   "message": e.get("msg", "invalid")} for e in errors]  # fmt: skip
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise Problem(400, "malformed-json", "The request body is not valid JSON.") from exc
+        raise Problem(422, "validation", "The request has invalid fields.", errors=fields) from exc
+    if body.payment.method == "pix":
+        raise Problem(422, "payment-method-unavailable", "Pix is not available yet; pay by card.")
+    rt = await runtime().ready()
+    request_doc = body.model_dump()
+    request_hash = hashlib.sha256(json.dumps(request_doc, sort_keys=True).encode()).hexdigest()
+    order_id = order_id_for(principal.user_id, idempotency_key.strip())
+    cart_id = f"user:{principal.user_id}"
+    reply = await actor_call(
+        _shard(order_id).checkout.remote(
+            order_id, principal.user_id, request_hash, request_doc, cart_id
+        ),
+        "Checkout",
+    )
+    del rt
+    if not reply["ok"]:
+        if reply["code"] == "idempotency-mismatch":
+            raise Problem(422, "idempotency-key-reused",
+                          "This Idempotency-Key was used with a different request.")  # fmt: skip
+        raise Problem(404, "not-found", "No such order.")
+    order = reply["order"]
+    response.headers["Location"] = f"/v1/orders/{order['id']}"
+    if order["status"] == "failed":
+        failure = order["failure"] or {}
+        code = failure.get("code", "failed")
+        extra = {"order_id": order["id"]}
+        if "lines" in failure:
+            extra["lines"] = failure["lines"]
+        raise Problem(_FAILURE_STATUS.get(code, 422), code, failure.get("detail"), **extra)
+    if order["status"] == "pending_review":
+        response.status_code = 202
+    return order
+
+
+@router.get("/v1/orders", openapi_extra=SHOPPER)
+async def list_orders(
+    principal: User,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """The caller's orders, newest first."""
+    rt = await runtime().ready()
+    after = _decode_cursor(cursor) if cursor else None
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT order_id, created_at, data FROM orders WHERE user_id = $1"
+            " AND ($2::text IS NULL OR (created_at, order_id) <"
+            "      ((SELECT created_at FROM orders WHERE order_id = $2), $2))"
+            " ORDER BY created_at DESC, order_id DESC LIMIT $3",
+            principal.user_id, after, limit + 1,
+        )  # fmt: skip
+    items = [_summary(r["data"]) for r in rows[:limit]]
+    more = len(rows) > limit
+    next_cursor = _encode_cursor(rows[limit - 1]["order_id"]) if more else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def _summary(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc["order_id"], "status": doc["status"], "totals": doc["totals"],
+            "lines": doc["lines"], "history": doc["history"],
+            "created_at_ms": doc["created_ms"]}  # fmt: skip
+
+
+def _encode_cursor(order_id: str) -> str:
+    return base64.urlsafe_b64encode(order_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
+    if not re.fullmatch(r"[0-9a-f-]{36}", value):
+        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.")
+    return value
+
+
+async def _own_order(order_id: str, user_id: str) -> dict[str, Any]:
+    if not re.fullmatch(r"[0-9a-f-]{36}", order_id):
+        raise Problem(404, "not-found", "No such order.")
+    await runtime().ready()
+    order = await actor_call(_shard(order_id).get.remote(order_id), "Orders")
+    if order is None:
+        raise Problem(404, "not-found", "No such order.")
+    async with runtime().pool.acquire() as conn:
+        owner = await conn.fetchval("SELECT user_id FROM orders WHERE order_id = $1", order_id)
+    if owner != user_id:
+        raise Problem(404, "not-found", "No such order.")
+    return order
+
+
+@router.get("/v1/orders/{order_id}", openapi_extra=SHOPPER)
+async def get_order(order_id: str, principal: User) -> dict[str, Any]:
+    """One of the caller's orders with its status history."""
+    return await _own_order(order_id, principal.user_id)
+
+
+@router.post(
+    "/v1/orders/{order_id}/cancel", openapi_extra=SHOPPER,
+    responses={409: {"description": "already shipped or not cancellable"}},
+)  # fmt: skip
+async def cancel_order(order_id: str, principal: User) -> dict[str, Any]:
+    """Cancel before shipment: the payment is refunded and the stock put back."""
+    await _own_order(order_id, principal.user_id)
+    reply = await actor_call(_shard(order_id).cancel.remote(order_id, principal.user_id), "Orders")
+    if not reply["ok"]:
+        if reply["code"] == "not-found":
+            raise Problem(404, "not-found", "No such order.")
+        raise Problem(409, "not-cancellable", "This order can no longer be cancelled.")
+    return reply["order"]

@@ -1,0 +1,39 @@
+"""Make shoppers and products for e2e tests (unique per test, no cleanup needed)."""
+
+import secrets
+import uuid
+
+import httpx
+
+
+def new_shopper(http: httpx.Client) -> dict[str, str]:
+    """Register and log in a new shopper; returns its headers and ids."""
+    email = f"t-{uuid.uuid4().hex}@example.com"
+    password = secrets.token_urlsafe(14)
+    reply = http.post("/v1/auth/register", json={"email": email, "password": password,
+                                                  "name": "Test Shopper"})  # fmt: skip
+    assert reply.status_code == 201, reply.text
+    tokens = http.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": password},
+    )
+    assert tokens.status_code == 200, tokens.text
+    return {
+        "Authorization": f"Bearer {tokens.json()['access_token']}",
+        "user_id": reply.json()["user_id"],
+    }
+
+
+def auth(shopper: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": shopper["Authorization"]}
+
+
+async def new_product(db, on_hand: int, price: int = 5_000, category: str = "test") -> str:
+    sku = f"TST-{uuid.uuid4().hex[:12].upper()}"
+    await db.execute(
+        "INSERT INTO products (sku, name, description, category, price_minor)"
+        " VALUES ($1, 'Test item', 'For tests', $2, $3)",
+        sku, category, price,
+    )  # fmt: skip
+    await db.execute("INSERT INTO inventory (sku, on_hand) VALUES ($1, $2)", sku, on_hand)
+    return sku

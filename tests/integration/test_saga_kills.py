@@ -1,0 +1,72 @@
+"""The checkout saga survives its shard being killed at any point.
+
+Every order ends confirmed (paid, stock committed) or failed and fully
+compensated (not charged, stock released): never charged without an order,
+never stock held by a dead order.
+"""
+
+import asyncio
+import random
+import uuid
+
+import httpx
+import pytest
+import ray
+
+from actors.order import order_id_for
+from serve.runtime import shard_directory
+from tests.conftest import eventually
+from tests.e2e.shoppers import auth, new_product, new_shopper
+from tests.e2e.test_checkout import body
+
+pytestmark = pytest.mark.integration
+
+
+async def checkout_until_answered(client, headers, idem):
+    """Retry the same request (same Idempotency-Key) through the shard's restart."""
+    for _ in range(120):
+        reply = await client.post("/v1/checkout", json=body(),
+                                  headers={**headers, "Idempotency-Key": idem})  # fmt: skip
+        if reply.status_code not in (500, 503):
+            return reply
+        await asyncio.sleep(0.25)
+    raise AssertionError("checkout never answered")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
+async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
+    directory = shard_directory(system)
+    with httpx.Client(base_url=base_url, timeout=60) as sync:
+        shopper = new_shopper(sync)
+        sku = await new_product(db, 5)
+        sync.post("/v1/cart/items", json={"sku": sku, "quantity": 2}, headers=auth(shopper))
+    idem = uuid.uuid4().hex
+    order_id = order_id_for(shopper["user_id"], idem)
+    shard = directory.get("order", order_id)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        first = asyncio.ensure_future(
+            client.post("/v1/checkout", json=body(),
+                        headers={**auth(shopper), "Idempotency-Key": idem})
+        )  # fmt: skip
+        await asyncio.sleep(delay + random.random() * 0.05)
+        ray.kill(shard, no_restart=False)
+        await asyncio.gather(first, return_exceptions=True)
+        reply = await checkout_until_answered(client, auth(shopper), idem)
+
+        async def finished():
+            got = await client.get(f"/v1/orders/{order_id}", headers=auth(shopper))
+            return got.status_code == 200 and got.json()["status"] in ("confirmed", "failed")
+
+        await eventually(finished, timeout=60, interval=0.25)
+    order = (await (httpx.AsyncClient(base_url=base_url).get(
+        f"/v1/orders/{order_id}", headers=auth(shopper)))).json()  # fmt: skip
+    assert reply.status_code in (201, 402, 409), reply.text
+    on_hand, reserved = await db.fetchrow(
+        "SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku
+    )
+    paid = await db.fetchval("SELECT status FROM payments WHERE key = $1", order_id)
+    assert reserved == 0
+    if order["status"] == "confirmed":
+        assert paid == "succeeded" and on_hand == 3
+    else:
+        assert paid != "succeeded" and on_hand == 5
