@@ -32,6 +32,8 @@ from streams.events import (
     ORDER_CREATED,
     ORDER_FAILED,
     ORDER_PENDING_REVIEW,
+    ORDER_REFUNDED,
+    ORDER_SHIPPED,
     PAYMENT_PROCESSED,
     PAYMENT_REFUNDED,
     Envelope,
@@ -136,6 +138,31 @@ class Order:
                                      {"order_id": self.order_id, **refund}, now_ms))  # fmt: skip
         self._to("cancelled", "done", now_ms, "cancelled by the shopper")
         return events
+
+    def shipped(self, now_ms: int, carrier: str | None) -> list[Envelope]:
+        self._to("shipped", "done", now_ms, f"shipped{' via ' + carrier if carrier else ''}")
+        return [self._event(ORDER_SHIPPED, now_ms)]
+
+    def refunded(self, refund: dict[str, Any], now_ms: int) -> list[Envelope]:
+        self.payment = {**(self.payment or {}), "refund": refund}
+        self._to("refunded", "done", now_ms, "refunded by an operator")
+        return [
+            self._event(ORDER_REFUNDED, now_ms),
+            make_event(PAYMENT_REFUNDED, self.order_id, {"order_id": self.order_id, **refund},
+                       now_ms),
+        ]  # fmt: skip
+
+    def approved(self, now_ms: int) -> None:
+        """An operator cleared a held order: the saga goes on from screening."""
+        self._to("pending", "screened", now_ms, "fraud review approved")
+
+    def erase_personal(self, now_ms: int) -> None:
+        """Keep the order for accounting, without the shopper's address."""
+        if "shipping_address" in self.request:
+            address = self.request["shipping_address"]
+            self.request = {**self.request, "shipping_address": {
+                "country": address.get("country"), "erased": True}}  # fmt: skip
+            self.version += 1
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,6 +331,47 @@ class OrderShardImpl(ShardShell[Order]):
             await deps.restock(order)
         await self._persist(order, order.cancelled(refund, _now_ms()))
         return {"ok": True, "order": order.view()}
+
+    async def operate(self, order_id: str, action: str, note: str | None = None) -> dict[str, Any]:
+        """Operator actions: ``ship``, ``refund``, ``approve`` or ``reject`` (fraud review)."""
+        order = await self.state(order_id)
+        if order.step == "new":
+            return {"ok": False, "code": "not-found"}
+        allowed = {
+            "ship": ("confirmed",),
+            "refund": ("confirmed", "shipped"),
+            "approve": ("pending_review",),
+            "reject": ("pending_review",),
+        }[action]
+        done = {"ship": "shipped", "refund": "refunded", "approve": "confirmed",
+                "reject": "failed"}[action]  # fmt: skip
+        reviewed = (order.fraud or {}).get("decision") == "review"
+        if order.status == done and (action in ("ship", "refund") or reviewed):
+            return {"ok": True, "order": order.view()}
+        if order.status not in allowed:
+            return {"ok": False, "code": "wrong-status", "order": order.view()}
+        now = _now_ms()
+        if action == "ship":
+            await self._persist(order, order.shipped(now, note))
+        elif action == "refund":
+            refund = await self._dependencies().refund(order)
+            await self._persist(order, order.refunded(refund, now))
+        elif action == "reject":
+            await self._persist(order, order.failed("review-rejected", "Refused after review.",
+                                                    now))  # fmt: skip
+        else:
+            order.approved(now)
+            await self._persist(order, [])
+            await asyncio.shield(self._start(order_id))
+        return {"ok": True, "order": order.view()}
+
+    async def erase_personal(self, order_id: str) -> None:
+        """Drop the shopper's address from the order (GDPR erasure), durably."""
+        order = await self.state(order_id)
+        if order.step == "new":
+            return
+        order.erase_personal(_now_ms())
+        await self._persist(order, [])
 
     async def _run(self, order_id: str) -> None:
         order = await self.state(order_id)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.order import order_id_for
-from serve.auth.principal import SHOPPER, User
+from serve.auth.principal import ADMIN, SHOPPER, Admin, User
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
 
@@ -219,3 +219,42 @@ async def cancel_order(order_id: str, principal: User) -> dict[str, Any]:
             raise Problem(404, "not-found", "No such order.")
         raise Problem(409, "not-cancellable", "This order can no longer be cancelled.")
     return reply["order"]
+
+
+class Ship(Input):
+    carrier: Annotated[str, Field(min_length=1, max_length=60)] | None = None
+
+
+class Review(Input):
+    decision: Literal["approve", "reject"]
+
+
+async def _operate(order_id: str, action: str, note: str | None = None) -> dict[str, Any]:
+    if not re.fullmatch(r"[0-9a-f-]{36}", order_id):
+        raise Problem(404, "not-found", "No such order.")
+    await runtime().ready()
+    reply = await actor_call(_shard(order_id).operate.remote(order_id, action, note), "Orders")
+    if not reply["ok"]:
+        if reply["code"] == "not-found":
+            raise Problem(404, "not-found", "No such order.")
+        status = reply["order"]["status"]
+        raise Problem(409, "wrong-status", f"The order is {status}; not possible: {action}.")
+    return reply["order"]
+
+
+@router.post("/v1/admin/orders/{order_id}/ship", openapi_extra=ADMIN, tags=["admin"])
+async def ship_order(order_id: str, body: Ship, _admin: Admin) -> dict[str, Any]:
+    """Mark a confirmed order shipped (it can no longer be cancelled by the shopper)."""
+    return await _operate(order_id, "ship", body.carrier)
+
+
+@router.post("/v1/admin/orders/{order_id}/refund", openapi_extra=ADMIN, tags=["admin"])
+async def refund_order(order_id: str, _admin: Admin) -> dict[str, Any]:
+    """Refund a confirmed or shipped order in full (idempotent)."""
+    return await _operate(order_id, "refund")
+
+
+@router.post("/v1/admin/orders/{order_id}/review", openapi_extra=ADMIN, tags=["admin"])
+async def review_order(order_id: str, body: Review, _admin: Admin) -> dict[str, Any]:
+    """Decide an order held for fraud review: approve runs the rest of the checkout."""
+    return await _operate(order_id, body.decision)

@@ -66,6 +66,8 @@ ORDER_PENDING_REVIEW = _declare("order.pending_review", 1, "orders")
 ORDER_CONFIRMED = _declare("order.confirmed", 1, "orders")
 ORDER_FAILED = _declare("order.failed", 1, "orders")
 ORDER_CANCELLED = _declare("order.cancelled", 1, "orders")
+ORDER_SHIPPED = _declare("order.shipped", 1, "orders")
+ORDER_REFUNDED = _declare("order.refunded", 1, "orders")
 PAYMENT_PROCESSED = _declare("payment.processed", 1, "payments")
 PAYMENT_REFUNDED = _declare("payment.refunded", 1, "payments")
 

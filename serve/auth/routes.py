@@ -576,6 +576,12 @@ async def export_me(principal: User) -> dict[str, Any]:
             "SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
             principal.user_id,
         )
+        orders = [
+            r["data"] for r in await conn.fetch(
+                "SELECT data FROM orders WHERE user_id = $1 ORDER BY created_at", principal.user_id)
+        ]  # fmt: skip
+    for order in orders:
+        order.get("request", {}).get("payment", {}).pop("token", None)
     cart_id = f"user:{principal.user_id}"
     cart = await actor_call(rt.directory.get("cart", cart_id).get.remote(cart_id))
     sessions = await actor_call(_sessions(rt, principal.user_id).list.remote(principal.user_id))
@@ -586,7 +592,7 @@ async def export_me(principal: User) -> dict[str, Any]:
         "security": {"mfa_enabled": profile["mfa_enabled"], "unused_recovery_codes": recovery},
         "sessions": sessions,
         "carts": [{"lines": cart["lines"], "subtotal": cart["subtotal"]}],
-        "orders": [],
+        "orders": orders,
     }
 
 
@@ -600,6 +606,11 @@ async def erase_me(principal: User) -> Response:
     await actor_call(_sessions(rt, user_id).erase.remote(user_id))
     cart_id = f"user:{user_id}"
     await actor_call(rt.directory.get("cart", cart_id).clear.remote(cart_id))
+    async with rt.pool.acquire() as conn:
+        order_ids = [r["order_id"] for r in await conn.fetch(
+            "SELECT order_id FROM orders WHERE user_id = $1", user_id)]  # fmt: skip
+    for order_id in order_ids:
+        await actor_call(rt.directory.get("order", order_id).erase_personal.remote(order_id))
     async with rt.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE users SET email = 'erased+' || user_id || '@erased.invalid', name = '',"

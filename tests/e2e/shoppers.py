@@ -37,3 +37,23 @@ async def new_product(db, on_hand: int, price: int = 5_000, category: str = "tes
     )  # fmt: skip
     await db.execute("INSERT INTO inventory (sku, on_hand) VALUES ($1, $2)", sku, on_hand)
     return sku
+
+
+def new_admin(http: httpx.Client) -> dict[str, str]:
+    """An operator made with the CLI (the only way to make one), logged in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    email, password = f"t-{uuid.uuid4().hex}@example.com", secrets.token_urlsafe(16)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "agora"), "admin", "create", email, "--password-stdin"],
+        input=password + "\n", text=True, check=True, capture_output=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    tokens = http.post(
+        "/v1/auth/token",
+        data={"grant_type": "password", "username": email, "password": password},
+    )
+    assert tokens.status_code == 200, tokens.text
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
