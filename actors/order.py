@@ -44,7 +44,7 @@ from streams.events import (
 log = logging.getLogger(__name__)
 
 ORDER_NAMESPACE = uuid.UUID("5b0c6f9e-4d7e-4c55-9a52-0a6f0e7c2b11")
-FINISHED_STEPS = ("done", "review")
+FINISHED_STEPS = ("done", "review", "awaiting")
 
 
 def order_id_for(user_id: str, idempotency_key: str) -> str:
@@ -112,6 +112,13 @@ class Order:
     def reserved(self, reservations: dict[str, str], now_ms: int) -> None:
         self.reservations = reservations
         self._to("pending", "reserved", now_ms, "stock reserved")
+
+    def awaiting_payment(self, pix: dict[str, Any], now_ms: int) -> list[Envelope]:
+        """Stock is held; the order waits for the Pix payment (or its expiry)."""
+        self.payment = {"method": "pix", "status": "pending", "payment_id": pix["txid"],
+                        "pix": pix}  # fmt: skip
+        self._to("awaiting_payment", "awaiting", now_ms, "waiting for the Pix payment")
+        return []
 
     def charged(self, payment: dict[str, Any], now_ms: int) -> list[Envelope]:
         self.payment = payment
@@ -185,6 +192,7 @@ class Order:
             "shipping_method": self.request.get("shipping_method"),
             "payment": payment,
             "fraud": {"decision": self.fraud["decision"]} if self.fraud else None,
+            "pix": (self.payment or {}).get("pix") if self.status == "awaiting_payment" else None,
             "failure": self.failure,
             "history": self.history,
             "created_at_ms": self.created_ms,
@@ -272,13 +280,42 @@ class OrderShardImpl(ShardShell[Order]):
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT order_id FROM orders WHERE step NOT IN ('done', 'review')"
-                )
+                )  # unfinished sagas and Pix orders waiting for payment
         except Exception:
             log.exception("could not list unfinished orders")
             return
         for row in rows:
             if directory.shard_for("order", row["order_id"]) == self.name:
+                await self.state(row["order_id"])
                 self._start(row["order_id"])
+        asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def _expire_loop(self) -> None:
+        """Unpaid Pix orders expire: release their stock and fail them."""
+        while True:
+            await asyncio.sleep(2)
+            now = _now_ms()
+            for order in list(self.states.values()):
+                pix = (order.payment or {}).get("pix") or {}
+                if order.step == "awaiting" and pix.get("expires_at", 0) * 1000 <= now:
+                    with contextlib.suppress(Exception):
+                        await self._dependencies().expire_pix(order)
+                        await self._persist(order, order.failed(
+                            "payment-expired", "The Pix charge expired unpaid.", now))  # fmt: skip
+
+    async def pix_paid(self, order_id: str, amount: int) -> dict[str, Any]:
+        """The PSP says the Pix charge was paid: record it and finish the saga."""
+        order = await self.state(order_id)
+        if order.step == "new":
+            return {"ok": False, "code": "not-found"}
+        if order.step != "awaiting":
+            return {"ok": True, "code": "already-settled", "status": order.status}
+        if not await self._dependencies().pix_paid(order, amount):
+            return {"ok": False, "code": "amount-mismatch"}
+        payment = {**(order.payment or {}), "status": "succeeded"}
+        await self._persist(order, order.charged(payment, _now_ms()))
+        await asyncio.shield(self._start(order_id))
+        return {"ok": True, "code": "paid", "status": order.status}
 
     def _start(self, order_id: str) -> asyncio.Task[None]:
         task = self._tasks.get(order_id)

@@ -27,6 +27,7 @@ class SagaDependencies:
         self.pool = pool
         self.directory = shard_directory(settings)
         self._gateway: Any = None
+        self._pix: Any = None
 
     def gateway(self) -> Any:
         if self._gateway is None:
@@ -110,7 +111,7 @@ class SagaDependencies:
         for line in order.lines:
             rid = f"{order.order_id}:{line['sku']}"
             reply = await self._inventory(line["sku"]).reserve.remote(
-                line["sku"], rid, line["quantity"], None, order.order_id
+                line["sku"], rid, line["quantity"], self._hold_s(order), order.order_id
             )
             if reply["ok"]:
                 held[line["sku"]] = rid
@@ -124,14 +125,44 @@ class SagaDependencies:
         order.reserved(held, now_ms)
         return []
 
+    def _hold_s(self, order: Order) -> int:
+        """How long stock is held: a Pix order holds it past the charge's expiry."""
+        s = self.settings
+        if order.request["payment"]["method"] == "pix":
+            return max(s.reservation_ttl_s, s.pix_expiry_s + 300)
+        return s.reservation_ttl_s
+
     async def _release(self, held: dict[str, str]) -> None:
         for sku, rid in held.items():
             await self._inventory(sku).release.remote(sku, rid)
 
+    def pix(self) -> Any:
+        if self._pix is None:
+            from serve.payments.pix_gateway import PixGateway
+
+            from cluster.services import service_urls
+
+            self._pix = PixGateway(self.pool, service_urls(self.settings).pix)
+        return self._pix
+
+    async def pix_paid(self, order: Order, amount: int) -> bool:
+        return bool(await self.pix().mark_paid(order.order_id, amount))
+
+    async def expire_pix(self, order: Order) -> None:
+        await self.pix().mark_expired(order.order_id)
+        await self._release(order.reservations)
+
     async def after_reserved(self, order: Order, now_ms: int) -> list[Envelope]:
-        """Charge the payment; a decline releases the stock."""
+        """Charge the card (a decline releases the stock), or open a Pix charge and wait."""
         payment = order.request["payment"]
         total = order.totals["total"]
+        if payment["method"] == "pix":
+            s = self.settings
+            charge = await self.pix().create_charge(
+                order.order_id, total, now_ms // 1000 + s.pix_expiry_s,
+                f"http://{s.http_host}:{s.http_port}/v1/payments/webhooks/pix",
+            )  # fmt: skip
+            return order.awaiting_payment(charge, now_ms)
         charge = await self.gateway().charge(
             order.order_id, total, "BRL", payment["token"], f"Agora order {order.order_id}"
         )
@@ -180,6 +211,9 @@ class SagaDependencies:
 
     async def refund(self, order: Order) -> dict[str, Any]:
         assert order.payment is not None
+        if order.payment.get("method") == "pix":
+            # Pix refunds (devolução) go through the PSP's own flow; recorded for operators.
+            return {"refund_id": None, "status": "manual", "amount": order.totals["total"]}
         refund = await self.gateway().refund(
             f"{order.order_id}:refund", order.payment["payment_id"], order.totals["total"]
         )

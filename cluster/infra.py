@@ -1,4 +1,4 @@
-"""Embedded infrastructure for local runs: PostgreSQL, Redis, Pulsar, localstripe, the Ray head.
+"""Embedded infrastructure for local runs: PostgreSQL, Redis, Pulsar, localstripe, Pix, Ray.
 
 Each service is used from its URL setting when set; otherwise its embedded
 default is started with data under ``var/`` (so a restart keeps the data) and
@@ -206,6 +206,54 @@ def start_localstripe(settings: Settings) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+# --- Pix PSP sandbox ----------------------------------------------------------
+
+
+def ensure_pix_webhook_secret(settings: Settings) -> None:
+    from cluster.services import pix_webhook_secret_file
+
+    path = pix_webhook_secret_file(settings)
+    if not settings.pix_webhook_secret and not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+
+
+def start_pix_sandbox(settings: Settings) -> str:
+    from cluster.services import pix_webhook_secret_file
+
+    data_dir = settings.var_dir / "pix"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_file = data_dir / "port"
+    known = read_pids(settings).get("pix", [])
+    if known and all(alive(p) for p in known) and port_file.exists():
+        return f"http://127.0.0.1:{port_file.read_text().strip()}"
+    ensure_pix_webhook_secret(settings)
+    env = dict(os.environ)
+    if settings.pix_webhook_secret:
+        env["AGORA_PIX_WEBHOOK_SECRET"] = settings.pix_webhook_secret.get_secret_value()
+    port = _free_port(8480, 8530)
+    with open(settings.log_dir / "pix-sandbox.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.pix_sandbox", "--port", str(port),
+             "--secret-file", str(pix_webhook_secret_file(settings)),
+             "--state", str(data_dir / "charges.json"),
+             "--merchant-name", settings.pix_merchant_name,
+             "--merchant-city", settings.pix_merchant_city],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=data_dir, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_tcp("127.0.0.1", port, 15)
+    except TimeoutError as exc:
+        _terminate([proc.pid])
+        raise TimeoutError(
+            "embedded Pix sandbox did not start; see var/log/pix-sandbox.log"
+        ) from exc
+    port_file.write_text(str(port))
+    _record(settings, "pix", [proc.pid])
+    return f"http://127.0.0.1:{port}"
+
+
 # --- Ray head ----------------------------------------------------------------
 
 
@@ -311,6 +359,7 @@ def start_services(settings: Settings) -> dict[str, str]:
         "redis": settings.redis_url or start_redis(settings),
         "pulsar": settings.pulsar_url or start_pulsar(settings),
         "stripe": settings.stripe_api_base or start_localstripe(settings),
+        "pix": settings.pix_api_base or start_pix_sandbox(settings),
     }
     (settings.run_dir / "services.json").write_text(json.dumps(urls, indent=2))
     return urls
@@ -323,7 +372,7 @@ def stop_all(settings: Settings) -> list[str]:
         stop_ray(settings)
         stopped.append("ray")
     pids = read_pids(settings)
-    for name in ("localstripe", "pulsar", "redis", "postgres"):
+    for name in ("pix", "localstripe", "pulsar", "redis", "postgres"):
         if name not in pids:
             continue
         if name == "postgres":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.settings import Settings, get_settings
 
@@ -19,6 +20,7 @@ class ServiceUrls:
     redis: str
     pulsar: str
     stripe: str
+    pix: str
 
 
 class ServicesNotRunning(RuntimeError):
@@ -42,6 +44,7 @@ def service_urls(settings: Settings | None = None) -> ServiceUrls:
         ("redis", settings.redis_url, "AGORA_REDIS_URL"),
         ("pulsar", settings.pulsar_url, "AGORA_PULSAR_URL"),
         ("stripe", settings.stripe_api_base, "AGORA_STRIPE_API_BASE"),
+        ("pix", settings.pix_api_base, "AGORA_PIX_API_BASE"),
     ):
         url = value or recorded.get(name)
         if not url:
@@ -59,6 +62,21 @@ def cart_token_secret(settings: Settings | None = None) -> bytes:
     if not path.exists():
         raise ServicesNotRunning("set AGORA_CART_TOKEN_SECRET or run `agora up`")
     return bytes.fromhex(path.read_text().strip())
+
+
+def pix_webhook_secret(settings: Settings | None = None) -> bytes:
+    """The HMAC key of Pix webhooks: the setting, else the one ``agora up`` made."""
+    settings = settings or get_settings()
+    if settings.pix_webhook_secret:
+        return settings.pix_webhook_secret.get_secret_value().encode()
+    path = pix_webhook_secret_file(settings)
+    if not path.exists():
+        raise ServicesNotRunning("set AGORA_PIX_WEBHOOK_SECRET or run `agora up`")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def pix_webhook_secret_file(settings: Settings) -> Path:
+    return settings.run_dir / "pix_webhook_secret"
 
 
 def ensure_cart_token_secret(settings: Settings) -> None:

@@ -28,6 +28,16 @@ class Settings(BaseSettings):
     # a SecretStr so no repr or log of the settings ever shows it.
     stripe_api_base: str | None = None
     stripe_api_key: SecretStr = SecretStr("sk_test_agora_local")
+    # A Pix PSP; unset: the embedded sandbox (cluster.pix_sandbox). Charges
+    # are paid to pix_key; the merchant name and city go into the BR Code. The
+    # webhook secret signs the PSP's callbacks; unset: the one ``agora up``
+    # keeps in var/run/pix_webhook_secret.
+    pix_api_base: str | None = None
+    pix_key: str = "pix@agora.example"
+    pix_merchant_name: str = "Agora"
+    pix_merchant_city: str = "Sao Paulo"
+    pix_expiry_s: int = 900
+    pix_webhook_secret: SecretStr | None = None
 
     # Ray
     ray_port: int = 6380

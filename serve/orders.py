@@ -74,6 +74,7 @@ _FAILURE_STATUS = {
     "fraud-blocked": 403,
     "empty-cart": 422,
     "reservation-expired": 409,
+    "payment-expired": 409,
 }
 
 
@@ -110,8 +111,6 @@ async def checkout(
         if any(e.get("type") == "json_invalid" for e in errors):
             raise Problem(400, "malformed-json", "The request body is not valid JSON.") from exc
         raise Problem(422, "validation", "The request has invalid fields.", errors=fields) from exc
-    if body.payment.method == "pix":
-        raise Problem(422, "payment-method-unavailable", "Pix is not available yet; pay by card.")
     rt = await runtime().ready()
     request_doc = body.model_dump()
     request_hash = hashlib.sha256(json.dumps(request_doc, sort_keys=True).encode()).hexdigest()
@@ -138,7 +137,7 @@ async def checkout(
         if "lines" in failure:
             extra["lines"] = failure["lines"]
         raise Problem(_FAILURE_STATUS.get(code, 422), code, failure.get("detail"), **extra)
-    if order["status"] == "pending_review":
+    if order["status"] in ("pending_review", "awaiting_payment"):
         response.status_code = 202
     return order
 
@@ -258,3 +257,40 @@ async def refund_order(order_id: str, _admin: Admin) -> dict[str, Any]:
 async def review_order(order_id: str, body: Review, _admin: Admin) -> dict[str, Any]:
     """Decide an order held for fraud review: approve runs the rest of the checkout."""
     return await _operate(order_id, body.decision)
+
+
+@router.post(
+    "/v1/payments/webhooks/{gateway}", openapi_extra={"x-required-role": "public"},
+    tags=["payments"], responses={400: {"description": "bad signature: nothing changes"}},
+)  # fmt: skip
+async def payment_webhook(gateway: str, request: Request) -> dict[str, Any]:
+    """Signed callbacks from a payment provider (``Agora-Signature: t=...,v1=...``)."""
+    import time as _time
+
+    from cluster.services import pix_webhook_secret
+    from serve.payments.webhooks import verify
+
+    if gateway != "pix":
+        raise Problem(404, "not-found", "No such payment gateway.")
+    payload = await request.body()
+    signature = request.headers.get("agora-signature")
+    if not verify(pix_webhook_secret(), signature, payload, int(_time.time())):
+        raise Problem(400, "bad-signature", "The webhook signature is missing or invalid.")
+    try:
+        event = json.loads(payload)
+        kind, txid, amount = event["type"], str(event["txid"]), int(event["amount"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Problem(400, "bad-request", "Not a payment event.") from exc
+    if kind != "pix.paid":
+        return {"received": True, "ignored": kind}
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        order_id = await conn.fetchval(
+            "SELECT key FROM payments WHERE provider = 'pix' AND provider_id = $1", txid
+        )
+    if order_id is None:
+        raise Problem(404, "not-found", "No such charge.")
+    reply = await actor_call(_shard(order_id).pix_paid.remote(order_id, amount), "Orders")
+    if not reply["ok"] and reply["code"] == "amount-mismatch":
+        raise Problem(422, "amount-mismatch", "The paid amount does not match the charge.")
+    return {"received": True, "order_status": reply.get("status")}

@@ -1,0 +1,158 @@
+"""Pix charges at a PSP (locally ``cluster.pix_sandbox``), idempotent by our own key.
+
+Owns the ``payments`` rows with provider ``pix`` (migration 0005). A charge is
+recorded ``pending`` with its txid (derived from the key, so every retry asks
+the PSP for the same charge) before the PSP is called, under the same kind of
+PostgreSQL advisory lock as card charges; the PSP answers an existing txid
+with the charge it already has, so a repeat returns the first BR Code and
+expiry. The row stays ``pending`` until the PSP's signed webhook is checked
+by the caller and ``mark_paid`` records ``succeeded``, or ``mark_expired``
+records it ``declined`` (decline code ``expired``). Both only move a pending
+row, so a late or replayed webhook changes nothing.
+
+Contract violations (a key reused with another amount or by another
+provider, a bad webhook URL) raise ``ValueError``; an unreachable or failing
+PSP raises ``PixUnavailable`` and a retry with the same key resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "pix"
+CURRENCY = "BRL"
+_CHARGE_LOCK = 0x4A60_0007
+_MAX_KEY = 200
+
+
+class PixUnavailable(RuntimeError):
+    """The PSP could not be reached or failed; the charge stays pending and may be retried."""
+
+
+def txid_for(key: str) -> str:
+    """The PSP transaction id of ``key``: 25 hex characters (100 bits) of its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()[:25]
+
+
+def _check(key: str, amount: int) -> None:
+    if not key or len(key) > _MAX_KEY:
+        raise ValueError(f"idempotency key must be 1..{_MAX_KEY} characters")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError("amount must be a positive integer of centavos")
+
+
+@asynccontextmanager
+async def _locked(conn: asyncpg.Connection, key: str) -> AsyncIterator[None]:
+    await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", _CHARGE_LOCK, key)
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", _CHARGE_LOCK, key)
+
+
+class PixGateway:
+    """Pix charges on one PSP; one gateway serves one event loop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        api_base: str,
+        *,
+        pix_key: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._pool = pool
+        self._api_base = api_base.rstrip("/")
+        self._pix_key = pix_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"PixGateway(api_base={self._api_base!r})"
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (call from the event loop that used the gateway)."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def create_charge(
+        self, key: str, amount: int, expires_at: int, webhook_url: str
+    ) -> dict[str, Any]:
+        """A pending Pix charge of ``amount`` centavos, once per ``key``: txid, BR Code, expiry."""
+        _check(key, amount)
+        if urlsplit(webhook_url).scheme not in ("http", "https"):
+            raise ValueError("webhook_url must be an http(s) URL")
+        txid = txid_for(key)
+        async with self._pool.acquire() as conn, _locked(conn, key):
+            await conn.execute(
+                "INSERT INTO payments (key, provider, provider_id, status, amount, currency)"
+                " VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (key) DO NOTHING",
+                key, PROVIDER, txid, amount, CURRENCY,
+            )  # fmt: skip
+            row = await conn.fetchrow("SELECT * FROM payments WHERE key = $1", key)
+            assert row is not None
+            if (row["provider"], row["amount"]) != (PROVIDER, amount):
+                raise ValueError("idempotency key reused with another provider or amount")
+            body: dict[str, Any] = {
+                "txid": txid,
+                "amount": amount,
+                "expires_at": expires_at,
+                "webhook_url": webhook_url,
+            }
+            if self._pix_key:
+                body["pix_key"] = self._pix_key
+            charge = await self._post("/v1/charges", body)
+        log.info("pix charge %s: txid %s, %s", key, txid, row["status"])
+        return {
+            "txid": charge["txid"],
+            "br_code": charge["br_code"],
+            "expires_at": charge["expires_at"],
+            "amount": charge["amount"],
+        }
+
+    async def mark_paid(self, key: str, amount: int) -> bool:
+        """Record a verified ``pix.paid`` for ``key``; False unless pending and of ``amount``."""
+        done = await self._pool.fetchval(
+            "UPDATE payments SET status = 'succeeded', updated_at = now()"
+            " WHERE key = $1 AND provider = $2 AND status = 'pending' AND amount = $3"
+            " RETURNING 1",
+            key, PROVIDER, amount,
+        )  # fmt: skip
+        return done is not None
+
+    async def mark_expired(self, key: str) -> bool:
+        """Record that the charge for ``key`` expired unpaid; False unless it was pending."""
+        done = await self._pool.fetchval(
+            "UPDATE payments SET status = 'declined', decline_code = 'expired',"
+            " message = 'The Pix charge expired unpaid.', updated_at = now()"
+            " WHERE key = $1 AND provider = $2 AND status = 'pending' RETURNING 1",
+            key, PROVIDER,
+        )  # fmt: skip
+        return done is not None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._http.post(self._api_base + path, json=body) as reply:
+                answer = await reply.json(content_type=None)
+                status = reply.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PixUnavailable(f"Pix PSP unavailable: {type(exc).__name__}") from exc
+        if status in (400, 409, 422):
+            detail = answer.get("error") if isinstance(answer, dict) else None
+            raise ValueError(f"Pix PSP refused the charge: {detail or status}")
+        if status not in (200, 201) or not isinstance(answer, dict):
+            raise PixUnavailable(f"Pix PSP answered http {status}")
+        return answer
