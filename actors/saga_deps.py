@@ -138,9 +138,8 @@ class SagaDependencies:
 
     def pix(self) -> Any:
         if self._pix is None:
-            from serve.payments.pix_gateway import PixGateway
-
             from cluster.services import service_urls
+            from serve.payments.pix_gateway import PixGateway
 
             self._pix = PixGateway(self.pool, service_urls(self.settings).pix)
         return self._pix

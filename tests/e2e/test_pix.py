@@ -6,10 +6,10 @@ import uuid
 
 import httpx
 import pytest
-from serve.payments.pix import valid_br_code
-from serve.payments.webhooks import sign
 
 from cluster.services import pix_webhook_secret
+from serve.payments.pix import valid_br_code
+from serve.payments.webhooks import sign
 from tests.conftest import eventually
 from tests.e2e.problems import assert_problem
 from tests.e2e.shoppers import auth, new_product, new_shopper
