@@ -18,6 +18,7 @@ from actors.order import order_id_for
 from serve.auth.principal import ADMIN, SHOPPER, Admin, User
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
+from serve.schemas import money
 
 router = APIRouter(tags=["orders"])
 
@@ -76,6 +77,26 @@ _FAILURE_STATUS = {
     "reservation-expired": 409,
     "payment-expired": 409,
 }
+
+
+_MONEY_TOTALS = ("subtotal", "discount_total", "shipping", "tax", "total")
+
+
+def render(order: dict[str, Any]) -> dict[str, Any]:
+    """Money as ``{amount, currency}`` (API.md), whatever the shard stores."""
+    currency = (order.get("totals") or {}).get("currency", "BRL")
+    out = dict(order)
+    out["lines"] = [
+        {**line, "unit_price": money(line["unit_price"], currency),
+         "line_total": money(line["line_total"], currency)}
+        for line in order.get("lines", [])
+    ]  # fmt: skip
+    totals = dict(order.get("totals") or {})
+    for name in _MONEY_TOTALS:
+        if isinstance(totals.get(name), int):
+            totals[name] = money(totals[name], currency)
+    out["totals"] = totals
+    return out
 
 
 def _shard(order_id: str) -> Any:
@@ -139,7 +160,7 @@ async def checkout(
         raise Problem(_FAILURE_STATUS.get(code, 422), code, failure.get("detail"), **extra)
     if order["status"] in ("pending_review", "awaiting_payment"):
         response.status_code = 202
-    return order
+    return render(order)
 
 
 @router.get("/v1/orders", openapi_extra=SHOPPER)
@@ -159,7 +180,7 @@ async def list_orders(
             " ORDER BY created_at DESC, order_id DESC LIMIT $3",
             principal.user_id, after, limit + 1,
         )  # fmt: skip
-    items = [_summary(r["data"]) for r in rows[:limit]]
+    items = [render(_summary(r["data"])) for r in rows[:limit]]
     more = len(rows) > limit
     next_cursor = _encode_cursor(rows[limit - 1]["order_id"]) if more else None
     return {"items": items, "next_cursor": next_cursor}
@@ -202,7 +223,7 @@ async def _own_order(order_id: str, user_id: str) -> dict[str, Any]:
 @router.get("/v1/orders/{order_id}", openapi_extra=SHOPPER)
 async def get_order(order_id: str, principal: User) -> dict[str, Any]:
     """One of the caller's orders with its status history."""
-    return await _own_order(order_id, principal.user_id)
+    return render(await _own_order(order_id, principal.user_id))
 
 
 @router.post(
@@ -217,7 +238,7 @@ async def cancel_order(order_id: str, principal: User) -> dict[str, Any]:
         if reply["code"] == "not-found":
             raise Problem(404, "not-found", "No such order.")
         raise Problem(409, "not-cancellable", "This order can no longer be cancelled.")
-    return reply["order"]
+    return render(reply["order"])
 
 
 class Ship(Input):
@@ -238,7 +259,7 @@ async def _operate(order_id: str, action: str, note: str | None = None) -> dict[
             raise Problem(404, "not-found", "No such order.")
         status = reply["order"]["status"]
         raise Problem(409, "wrong-status", f"The order is {status}; not possible: {action}.")
-    return reply["order"]
+    return render(reply["order"])
 
 
 @router.post("/v1/admin/orders/{order_id}/ship", openapi_extra=ADMIN, tags=["admin"])

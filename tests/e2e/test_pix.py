@@ -59,7 +59,9 @@ async def test_bad_webhooks_change_nothing(http, db):
     http.post("/v1/cart/items", json={"sku": sku}, headers=auth(shopper))
     order = http.post("/v1/checkout", json=PIX, headers={**auth(shopper), **key()}).json()
     txid = order["pix"]["txid"]
-    payload = json.dumps({"type": "pix.paid", "txid": txid, "amount": order["totals"]["total"]})
+    payload = json.dumps(
+        {"type": "pix.paid", "txid": txid, "amount": order["totals"]["total"]["amount"]}
+    )
     forged = sign(b"not-the-secret" * 3, payload.encode(), int(time.time()))
     cases = [
         {},

@@ -70,3 +70,49 @@ async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
         assert paid == "succeeded" and on_hand == 3
     else:
         assert paid != "succeeded" and on_hand == 5
+
+
+@pytest.mark.parametrize("step", ["reserved", "charged"])
+async def test_killing_the_order_shard_right_after_a_step(system, base_url, db, step):
+    """Kill as soon as the saga's ``step`` is committed: between reserve and charge,
+    or between charge and confirm."""
+    directory = shard_directory(system)
+    with httpx.Client(base_url=base_url, timeout=60) as sync:
+        shopper = new_shopper(sync)
+        sku = await new_product(db, 5)
+        sync.post("/v1/cart/items", json={"sku": sku, "quantity": 2}, headers=auth(shopper))
+    idem = uuid.uuid4().hex
+    order_id = order_id_for(shopper["user_id"], idem)
+    shard = directory.get("order", order_id)
+    seen = None
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        first = asyncio.ensure_future(
+            client.post("/v1/checkout", json=body(),
+                        headers={**auth(shopper), "Idempotency-Key": idem})
+        )  # fmt: skip
+        for _ in range(2000):
+            seen = await db.fetchval("SELECT step FROM orders WHERE order_id = $1", order_id)
+            if seen == step or first.done():
+                break
+            await asyncio.sleep(0.002)
+        ray.kill(shard, no_restart=False)
+        await asyncio.gather(first, return_exceptions=True)
+        await checkout_until_answered(client, auth(shopper), idem)
+
+        async def finished():
+            got = await client.get(f"/v1/orders/{order_id}", headers=auth(shopper))
+            return got.status_code == 200 and got.json()["status"] in ("confirmed", "failed")
+
+        await eventually(finished, timeout=60, interval=0.25)
+        order = (await client.get(f"/v1/orders/{order_id}", headers=auth(shopper))).json()
+    on_hand, reserved = await db.fetchrow(
+        "SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku
+    )
+    paid = await db.fetchval("SELECT status FROM payments WHERE key = $1", order_id)
+    intents = await db.fetchval("SELECT count(*) FROM payments WHERE key = $1", order_id)
+    assert reserved == 0 and intents <= 1
+    if order["status"] == "confirmed":
+        assert paid == "succeeded" and on_hand == 3
+    else:
+        assert paid != "succeeded" and on_hand == 5
+    print(f"killed after step {seen!r}; order ended {order['status']}")
