@@ -176,37 +176,47 @@ def start_pulsar(settings: Settings) -> str:
     return f"pulsar://127.0.0.1:{port}"
 
 
-# --- Stripe-compatible PSP (localstripe) ------------------------------------
+# --- HTTP daemons of our own (localstripe, the Pix sandbox) ------------------
 
 
-def start_localstripe(settings: Settings) -> str:
-    data_dir = settings.var_dir / "localstripe"
+def _start_http_daemon(
+    settings: Settings,
+    name: str,
+    ports: tuple[int, int],
+    command: list[str],
+    env: dict[str, str] | None = None,
+) -> str:
+    """Start ``python -m <command> --port N`` on 127.0.0.1 once; reuse it while alive."""
+    data_dir = settings.var_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / "port"
-    known = read_pids(settings).get("localstripe", [])
+    known = read_pids(settings).get(name, [])
     if known and all(alive(p) for p in known) and port_file.exists():
         return f"http://127.0.0.1:{port_file.read_text().strip()}"
-    port = _free_port(8420, 8470)
-    with open(settings.log_dir / "localstripe.log", "ab") as log:
+    port = _free_port(*ports)
+    with open(settings.log_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.localstripe_server", "--port", str(port),
-             "--state", str(data_dir / "store.pickle")],
+            [sys.executable, "-m", *command, "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=data_dir, start_new_session=True,
+            cwd=data_dir, env=env, start_new_session=True,
         )  # fmt: skip
     try:
         _wait_tcp("127.0.0.1", port, 15)
     except TimeoutError as exc:
         _terminate([proc.pid])
-        raise TimeoutError(
-            "embedded localstripe did not start; see var/log/localstripe.log"
-        ) from exc
+        raise TimeoutError(f"embedded {name} did not start; see var/log/{name}.log") from exc
     port_file.write_text(str(port))
-    _record(settings, "localstripe", [proc.pid])
+    _record(settings, name, [proc.pid])
     return f"http://127.0.0.1:{port}"
 
 
-# --- Pix PSP sandbox ----------------------------------------------------------
+def start_localstripe(settings: Settings) -> str:
+    """The Stripe-compatible PSP (localstripe's app on 127.0.0.1, state under var/)."""
+    state = settings.var_dir / "localstripe" / "store.pickle"
+    return _start_http_daemon(
+        settings, "localstripe", (8420, 8470),
+        ["cluster.localstripe_server", "--state", str(state)],
+    )  # fmt: skip
 
 
 def ensure_pix_webhook_secret(settings: Settings) -> None:
@@ -219,39 +229,22 @@ def ensure_pix_webhook_secret(settings: Settings) -> None:
 
 
 def start_pix_sandbox(settings: Settings) -> str:
+    """The local Pix PSP: charges, BR Codes, signed webhooks."""
     from cluster.services import pix_webhook_secret_file
 
-    data_dir = settings.var_dir / "pix"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port_file = data_dir / "port"
-    known = read_pids(settings).get("pix", [])
-    if known and all(alive(p) for p in known) and port_file.exists():
-        return f"http://127.0.0.1:{port_file.read_text().strip()}"
     ensure_pix_webhook_secret(settings)
     env = dict(os.environ)
     if settings.pix_webhook_secret:
         env["AGORA_PIX_WEBHOOK_SECRET"] = settings.pix_webhook_secret.get_secret_value()
-    port = _free_port(8480, 8530)
-    with open(settings.log_dir / "pix-sandbox.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.pix_sandbox", "--port", str(port),
-             "--secret-file", str(pix_webhook_secret_file(settings)),
-             "--state", str(data_dir / "charges.json"),
-             "--merchant-name", settings.pix_merchant_name,
-             "--merchant-city", settings.pix_merchant_city],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=data_dir, env=env, start_new_session=True,
-        )  # fmt: skip
-    try:
-        _wait_tcp("127.0.0.1", port, 15)
-    except TimeoutError as exc:
-        _terminate([proc.pid])
-        raise TimeoutError(
-            "embedded Pix sandbox did not start; see var/log/pix-sandbox.log"
-        ) from exc
-    port_file.write_text(str(port))
-    _record(settings, "pix", [proc.pid])
-    return f"http://127.0.0.1:{port}"
+    return _start_http_daemon(
+        settings, "pix", (8480, 8530),
+        ["cluster.pix_sandbox",
+         "--secret-file", str(pix_webhook_secret_file(settings)),
+         "--state", str(settings.var_dir / "pix" / "charges.json"),
+         "--merchant-name", settings.pix_merchant_name,
+         "--merchant-city", settings.pix_merchant_city],
+        env,
+    )  # fmt: skip
 
 
 # --- Ray head ----------------------------------------------------------------

@@ -24,6 +24,8 @@ import uuid
 
 import aiohttp
 
+from loadtests.stock import bench_products
+
 BASE = "http://127.0.0.1:8000"
 ADDRESS = {"name": "Bench", "line1": "Rua A, 1", "city": "São Paulo", "state": "SP",
            "postal_code": "01310-100", "country": "BR"}  # fmt: skip
@@ -43,27 +45,6 @@ async def shopper(session: aiohttp.ClientSession) -> dict[str, str]:
     return {"Authorization": f"Bearer {body['access_token']}"}
 
 
-async def skus_with_stock(count: int) -> list[str]:
-    from cluster.db import connect
-    from cluster.services import service_urls
-
-    conn = await connect(service_urls().database)
-    try:
-        prefix = f"BCK-{uuid.uuid4().hex[:6].upper()}"
-        skus = [f"{prefix}-{i:03d}" for i in range(count)]
-        await conn.executemany(
-            "INSERT INTO products (sku, name, description, category, price_minor)"
-            " VALUES ($1, 'Bench item', 'Checkout benchmark', 'bench', 4990)",
-            [(s,) for s in skus],
-        )
-        await conn.executemany(
-            "INSERT INTO inventory (sku, on_hand) VALUES ($1, 1000000)", [(s,) for s in skus]
-        )
-        return skus
-    finally:
-        await conn.close()
-
-
 def summary(values: list[float], seconds: float) -> str:
     if not values:
         return "| - | - | - | - |"
@@ -73,7 +54,7 @@ def summary(values: list[float], seconds: float) -> str:
 
 
 async def run(levels: list[int], seconds: float) -> None:
-    skus = await skus_with_stock(64)
+    skus = await bench_products("BCK", 64)
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:

@@ -21,26 +21,7 @@ import uuid
 
 from cluster import infra
 from cluster.settings import get_settings
-
-
-async def _prepare_skus(db_url: str, count: int) -> list[str]:
-    from cluster.db import connect
-
-    conn = await connect(db_url)
-    try:
-        prefix = f"BNC-{uuid.uuid4().hex[:6].upper()}"
-        skus = [f"{prefix}-{i:04d}" for i in range(count)]
-        await conn.executemany(
-            "INSERT INTO products (sku, name, description, category, price_minor)"
-            " VALUES ($1, 'Bench item', 'Benchmark stock', 'bench', 100)",
-            [(s,) for s in skus],
-        )
-        await conn.executemany(
-            "INSERT INTO inventory (sku, on_hand) VALUES ($1, 1000000)", [(s,) for s in skus]
-        )
-        return skus
-    finally:
-        await conn.close()
+from loadtests.stock import bench_products
 
 
 async def _drive(shard, skus: list[str], concurrency: int, seconds: float) -> tuple[int, list]:
@@ -75,11 +56,10 @@ async def main(seconds: float, concurrency: int, rounds: int) -> None:
     import ray
 
     from actors.inventory import InventoryShard
-    from cluster.services import service_urls
 
     ray.init(address=infra.ray_address(settings), namespace=settings.ray_namespace,
              logging_level="ERROR", log_to_driver=False)  # fmt: skip
-    skus = await _prepare_skus(service_urls(settings).database, 256)
+    skus = await bench_products("BNC", 256, price=100)
     variants = {
         "group commit (50 ms, batch 500)": settings,
         "one commit per reservation": settings.model_copy(update={"flush_batch_size": 1}),

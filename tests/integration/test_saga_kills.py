@@ -33,16 +33,20 @@ async def checkout_until_answered(client, headers, idem):
     raise AssertionError("checkout never answered")
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
-async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
-    directory = shard_directory(system)
+async def _order_in_the_making(system, base_url, db):
+    """A shopper with 2 units of a fresh 5-unit product in the cart, and the order's shard."""
     with httpx.Client(base_url=base_url, timeout=60) as sync:
         shopper = new_shopper(sync)
         sku = await new_product(db, 5)
         sync.post("/v1/cart/items", json={"sku": sku, "quantity": 2}, headers=auth(shopper))
     idem = uuid.uuid4().hex
     order_id = order_id_for(shopper["user_id"], idem)
-    shard = directory.get("order", order_id)
+    return shopper, sku, idem, order_id, shard_directory(system).get("order", order_id)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
+async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
+    shopper, sku, idem, order_id, shard = await _order_in_the_making(system, base_url, db)
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
         first = asyncio.ensure_future(
             client.post("/v1/checkout", json=body(),
@@ -76,14 +80,7 @@ async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
 async def test_killing_the_order_shard_right_after_a_step(system, base_url, db, step):
     """Kill as soon as the saga's ``step`` is committed: between reserve and charge,
     or between charge and confirm."""
-    directory = shard_directory(system)
-    with httpx.Client(base_url=base_url, timeout=60) as sync:
-        shopper = new_shopper(sync)
-        sku = await new_product(db, 5)
-        sync.post("/v1/cart/items", json={"sku": sku, "quantity": 2}, headers=auth(shopper))
-    idem = uuid.uuid4().hex
-    order_id = order_id_for(shopper["user_id"], idem)
-    shard = directory.get("order", order_id)
+    shopper, sku, idem, order_id, shard = await _order_in_the_making(system, base_url, db)
     seen = None
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
         first = asyncio.ensure_future(
