@@ -1,20 +1,24 @@
 # Agora: `make run` brings the system up, `make stop` stops it, `make test` is what CI runs.
 SHELL := /bin/bash
 PY ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV_BIN ?= $(shell command -v uv 2>/dev/null)
+# Without a uv on PATH, the one pip installs is run as a module (wherever pip put it).
+UV := $(if $(UV_BIN),$(UV_BIN),$(PY) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run stop status test check lint typecheck bench deps system-deps
+.PHONY: run stop status test check lint typecheck bench deps system-deps uv
 
-$(UV):
-	$(PY) -m pip install --quiet --user uv || $(PY) -m pip install --quiet uv
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --user uv \
+		|| $(PY) -m pip install --quiet uv \
+		|| $(PY) -m pip install --quiet --user --break-system-packages uv
 
 # The lock file is committed; `uv lock` only runs when it is missing.
-uv.lock: | $(UV)
+uv.lock: | uv
 	$(UV) lock
 
-$(BIN)/agora: pyproject.toml uv.lock | $(UV)
+$(BIN)/agora: pyproject.toml uv.lock | uv
 	$(UV) sync --frozen --quiet
 	@touch $@
 

@@ -197,6 +197,19 @@ async def _merge_anonymous_cart(rt: Runtime, request: Request, user_id: str) -> 
         rt.directory.get("cart", user_cart).merge_into.remote(user_cart, view["lines"])
     )
     await actor_call(anon.clear.remote(anon_id))
+    await _carry_coupon(rt, anon_id, user_cart)
+
+
+async def _carry_coupon(rt: Runtime, anon_id: str, user_cart: str) -> None:
+    """The anonymous cart's coupon follows its lines, unless the user's cart has one."""
+    from serve.pricing_service import cart_coupon, clear_cart_coupon, set_cart_coupon
+
+    code = await cart_coupon(rt.pool, anon_id)
+    if code is None:
+        return
+    if await cart_coupon(rt.pool, user_cart) is None:
+        await set_cart_coupon(rt.pool, user_cart, code)
+    await clear_cart_coupon(rt.pool, anon_id)
 
 
 def _problem_401(kind: str, detail: str, **extra: Any) -> Problem:

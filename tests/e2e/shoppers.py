@@ -21,10 +21,25 @@ def new_shopper(http: httpx.Client) -> dict[str, str]:
     return {
         "Authorization": f"Bearer {tokens.json()['access_token']}",
         "user_id": reply.json()["user_id"],
+        "email": email,
+        "password": password,
     }
 
 
+def login_with_cart(http: httpx.Client, shopper: dict[str, str], cart_token: str) -> dict:
+    """Log the shopper in again, presenting an anonymous cart to merge."""
+    tokens = http.post(
+        "/v1/auth/token",
+        headers={"X-Cart-Token": cart_token},
+        data={"grant_type": "password", "username": shopper["email"],
+              "password": shopper["password"]},
+    )  # fmt: skip
+    assert tokens.status_code == 200, tokens.text
+    return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+
+
 def auth(shopper: dict[str, str]) -> dict[str, str]:
+    """Only the Authorization header of a shopper made by ``new_shopper``."""
     return {"Authorization": shopper["Authorization"]}
 
 

@@ -516,3 +516,18 @@ async def test_cart_coupon_garbage_changes_nothing(http, db, admin, catalog):
                    {"cursor": "eyJ4IjogMX0"}, {"cursor": "A" * 500}):  # fmt: skip
         for path in ("/v1/admin/promotions", "/v1/admin/coupons"):
             assert_problem(http.get(path, params=params, headers=admin), {400, 422})
+
+
+async def test_login_carries_the_anonymous_carts_coupon(http, admin, catalog, promotions):
+    from tests.e2e.shoppers import login_with_cart, new_shopper
+
+    code = coupon(http, admin, catalog, "carry", stackable=True)
+    anon = new_cart(http, {catalog.sku_a: 1})
+    applied = http.post("/v1/cart/coupon", json={"code": code}, headers=anon)
+    assert applied.status_code == 200, applied.text
+    shopper = new_shopper(http)
+    merged = login_with_cart(http, shopper, anon["X-Cart-Token"])
+    cart = http.get("/v1/cart", headers=merged).json()
+    assert [line["sku"] for line in cart["lines"]] == [catalog.sku_a]
+    assert cart["coupon"]["code"] == code
+    assert http.get("/v1/cart", headers=anon).json()["coupon"] is None
