@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -58,7 +59,7 @@ class DocumentStore:
         return None if row is None else (row["data"], row["version"])
 
 
-class ShardShell(Generic[S]):
+class ShardShell(ABC, Generic[S]):
     """Owns many states of one kind; subclasses add the protocol methods."""
 
     store: DocumentStore
@@ -79,11 +80,13 @@ class ShardShell(Generic[S]):
         self.loads = 0
         self.evictions = 0
 
+    @abstractmethod
     def new_state(self, key: str) -> S:
-        raise NotImplementedError
+        """The state of a key never stored before."""
 
+    @abstractmethod
     def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> S:
-        raise NotImplementedError
+        """The state of a key from its stored document."""
 
     async def _get_pool(self) -> Any:
         if self._pool is None:
