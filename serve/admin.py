@@ -8,9 +8,6 @@ bad field; this layer adds RFC 3339 timestamps (epoch seconds are accepted too)
 and length limits on the free-text fields.
 """
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -23,6 +20,7 @@ from actors.pricing import Coupon, FieldError, Promotion, Rejected, validate_cou
 from actors.pricing import validate_promotion as engine_validate_promotion
 from serve import pricing_service
 from serve.auth.principal import ADMIN, Admin
+from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
 from serve.schemas import Sku
@@ -209,23 +207,6 @@ def _coupon_view(data: Mapping[str, Any], uses_total: int, created_at: datetime)
     return {**_promotion_view(data, created_at), "uses_total": uses_total}
 
 
-def _encode_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": key}).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))
-        after = data["after"]
-        if not isinstance(after, str) or len(after) > 64:
-            raise ValueError
-        return after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
-
-
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=200)]
 _PROMOTION_EXAMPLE = {
@@ -287,7 +268,7 @@ async def create_promotion(
 @router.get("/v1/admin/promotions", response_model=PromotionPage, openapi_extra=ADMIN)
 async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) -> Any:
     """Every promotion (running, future and ended), ordered by id."""
-    after = _decode_cursor(cursor)
+    after = decode_cursor(cursor)
     rt = await runtime().ready()
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
@@ -295,11 +276,10 @@ async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = Non
             " ORDER BY id LIMIT $2",
             after, limit + 1,
         )  # fmt: skip
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = page(rows, limit, "id")
     return {
         "items": [_promotion_view(r["data"], r["created_at"]) for r in rows],
-        "next_cursor": _encode_cursor(rows[-1]["id"]) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
@@ -341,7 +321,7 @@ async def create_coupon(
 @router.get("/v1/admin/coupons", response_model=CouponPage, openapi_extra=ADMIN)
 async def list_coupons(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) -> Any:
     """Every coupon with its use count, ordered by code."""
-    after = _decode_cursor(cursor)
+    after = decode_cursor(cursor)
     rt = await runtime().ready()
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
@@ -349,9 +329,8 @@ async def list_coupons(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) 
             " WHERE ($1::text IS NULL OR code > $1) ORDER BY code LIMIT $2",
             after, limit + 1,
         )  # fmt: skip
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = page(rows, limit, "code")
     return {
         "items": [_coupon_view(r["data"], r["uses_total"], r["created_at"]) for r in rows],
-        "next_cursor": _encode_cursor(rows[-1]["code"]) if more else None,
+        "next_cursor": next_cursor,
     }

@@ -9,9 +9,6 @@ Every error is problem+json (``serve.problems``).
 """
 
 import asyncio
-import base64
-import binascii
-import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -28,6 +25,7 @@ from serve.admin import router as admin_router
 from serve.auth.principal import ADMIN, PUBLIC, Admin, MaybeUser
 from serve.auth.routes import request_ip
 from serve.auth.routes import router as auth_router
+from serve.cursors import decode_cursor, page
 from serve.orders import router as orders_router
 from serve.problems import Problem
 from serve.ratelimit import Limit
@@ -175,22 +173,6 @@ def _product(row: Any) -> dict[str, Any]:
     }
 
 
-def _encode_cursor(sku: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": sku}).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        after = data["after"]
-        if not isinstance(after, str) or len(after) > 64:
-            raise ValueError
-        return after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
-        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
-
-
 async def _call_shard(ref: Any) -> Any:
     return await problems.actor_call(ref, "The cart service")
 
@@ -330,7 +312,7 @@ class Api:
     ) -> Any:
         """Browse the catalog by category and price, ordered by SKU, with category facets."""
         rt = await self.rt.ready()
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor)
         async with rt.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {_PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i USING (sku)"
@@ -352,11 +334,10 @@ class Api:
                 )  # fmt: skip
                 facets = {"category": {r["category"]: r["n"] for r in counts}}
                 rt.facets.put((min_price, max_price), facets)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, next_cursor = page(rows, limit, "sku")
         return {
             "items": [_product(r) for r in rows],
-            "next_cursor": _encode_cursor(rows[-1]["sku"]) if more else None,
+            "next_cursor": next_cursor,
             "facets": facets,
         }
 

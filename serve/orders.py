@@ -4,8 +4,6 @@ The API validates and authorises; the order's shard runs the saga. The total
 is always computed by the server. No ``from __future__ import annotations``.
 """
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -16,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.order import order_id_for
 from serve.auth.principal import ADMIN, SHOPPER, Admin, User
+from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
 from serve.schemas import money
@@ -171,7 +170,7 @@ async def list_orders(
 ) -> dict[str, Any]:
     """The caller's orders, newest first."""
     rt = await runtime().ready()
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor)
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT order_id, created_at, data FROM orders WHERE user_id = $1"
@@ -180,30 +179,14 @@ async def list_orders(
             " ORDER BY created_at DESC, order_id DESC LIMIT $3",
             principal.user_id, after, limit + 1,
         )  # fmt: skip
-    items = [render(_summary(r["data"])) for r in rows[:limit]]
-    more = len(rows) > limit
-    next_cursor = _encode_cursor(rows[limit - 1]["order_id"]) if more else None
-    return {"items": items, "next_cursor": next_cursor}
+    rows, next_cursor = page(rows, limit, "order_id")
+    return {"items": [render(_summary(r["data"])) for r in rows], "next_cursor": next_cursor}
 
 
 def _summary(doc: dict[str, Any]) -> dict[str, Any]:
     return {"id": doc["order_id"], "status": doc["status"], "totals": doc["totals"],
             "lines": doc["lines"], "history": doc["history"],
             "created_at_ms": doc["created_ms"]}  # fmt: skip
-
-
-def _encode_cursor(order_id: str) -> str:
-    return base64.urlsafe_b64encode(order_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
-    if not re.fullmatch(r"[0-9a-f-]{36}", value):
-        raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.")
-    return value
 
 
 async def _own_order(order_id: str, user_id: str) -> dict[str, Any]:

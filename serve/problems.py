@@ -61,6 +61,11 @@ class Problem(Exception):
         self.extra = extra
 
 
+def rate_limited(detail: str, retry_after_s: int) -> Problem:
+    """A 429 telling the client when to come back."""
+    return Problem(429, "rate-limited", detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 def problem_response(
     status: int,
     kind: str | None = None,

@@ -18,7 +18,7 @@ from serve.auth import totp
 from serve.auth.passwords import PasswordHasher, check_password, mask_email, normalise_email
 from serve.auth.principal import PUBLIC, SHOPPER, Principal, User, revocation_keys
 from serve.auth.tokens import new_refresh_token, token_hash
-from serve.problems import Problem, actor_call
+from serve.problems import Problem, actor_call, rate_limited
 from serve.ratelimit import Limit, client_ip, trusted_networks
 from serve.runtime import Runtime, runtime
 from streams.events import (
@@ -112,10 +112,7 @@ def request_ip(request: Request) -> str:
 async def _limit_ip(rt: Runtime, request: Request) -> None:
     decision = await rt.limiter.hit(_limits(rt)[0], request_ip(request))
     if not decision.allowed:
-        raise Problem(
-            429, "rate-limited", "Too many authentication requests; slow down.",
-            headers={"Retry-After": str(decision.retry_after_s)},
-        )  # fmt: skip
+        raise rate_limited("Too many authentication requests; slow down.", decision.retry_after_s)
 
 
 async def _hash(password: str) -> str:
@@ -294,10 +291,9 @@ async def _password_grant(rt: Runtime, request: Request, body: PasswordGrant) ->
     email = normalise_email(body.username) or body.username.strip().lower()[:254]
     decision = await rt.limiter.hit(failures, email)
     if not decision.allowed:
-        raise Problem(
-            429, "rate-limited", "Too many failed logins for this account; try later.",
-            headers={"Retry-After": str(decision.retry_after_s)},
-        )  # fmt: skip
+        raise rate_limited(
+            "Too many failed logins for this account; try later.", decision.retry_after_s
+        )
     async with rt.pool.acquire() as conn:
         user = await conn.fetchrow(
             "SELECT user_id, password_hash, roles, mfa_secret FROM users"
@@ -381,10 +377,7 @@ async def mfa_login(body: MfaLogin, request: Request) -> Any:
     decision = await rt.limiter.hit(mfa_failures, user_id)
     if tries > MFA_TRIES_PER_TOKEN or not decision.allowed:
         await rt.redis.delete(key)
-        raise Problem(
-            429, "rate-limited", "Too many wrong codes; log in again later.",
-            headers={"Retry-After": str(max(decision.retry_after_s, 1))},
-        )  # fmt: skip
+        raise rate_limited("Too many wrong codes; log in again later.", decision.retry_after_s)
     async with rt.pool.acquire() as conn:
         user = await conn.fetchrow(
             "SELECT user_id, roles, mfa_secret, mfa_last_step FROM users"
