@@ -11,12 +11,6 @@ from tests.e2e.problems import assert_problem
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
-
-
 def new_cart(http) -> str:
     reply = http.get("/v1/cart")
     assert reply.status_code == 200

@@ -25,12 +25,6 @@ def key() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def shopper(http):
     return new_shopper(http)
 

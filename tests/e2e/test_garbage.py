@@ -1,17 +1,10 @@
 """Garbage to every route: a 4xx problem+json answer, and nothing changes."""
 
-import httpx
 import pytest
 
 from tests.e2e.problems import assert_problem
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 
 import uuid
 
-import httpx
 import pytest
 
 from tests.e2e.problems import assert_problem
@@ -10,12 +9,6 @@ from tests.e2e.shoppers import auth, new_admin, new_product, new_shopper
 from tests.e2e.test_checkout import body, key
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

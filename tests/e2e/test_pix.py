@@ -20,12 +20,6 @@ pytestmark = pytest.mark.e2e
 PIX = {"shipping_address": ADDRESS, "shipping_method": "standard", "payment": {"method": "pix"}}
 
 
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        yield client
-
-
 async def stock(db, sku):
     return tuple(await db.fetchrow("SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku))
 

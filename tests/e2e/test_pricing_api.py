@@ -64,12 +64,6 @@ class Catalog:
 
 
 @pytest.fixture(scope="module")
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 async def catalog(db):
     tag = uuid.uuid4().hex[:10]
     cat = Catalog(
