@@ -43,7 +43,9 @@ class Directory:
     """Maps ``(kind, key)`` to a shard actor handle; creates missing shards on demand.
 
     ``kinds`` maps a kind to ``(actor_class, shard_count)``; the actor class is a
-    ``ray.remote`` class. All Ray calls about shard placement live here.
+    ``ray.remote`` class. All Ray calls about shard placement live here. Each
+    shard is created with ``env_factory`` (from ``cluster.bootstrap``), which it
+    calls in its own process to build its store, pool, clock and ports.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Directory:
         namespace: str,
         vnodes: int = 64,
         actor_options: Callable[[str], dict[str, Any]] | None = None,
+        env_factory: Callable[[str], Any] | None = None,
     ) -> None:
         self._kinds = kinds
         self._namespace = namespace
@@ -61,6 +64,7 @@ class Directory:
         }
         self._handles: dict[str, Any] = {}
         self._actor_options = actor_options or (lambda _kind: {})
+        self._env_factory = env_factory
 
     def shard_for(self, kind: str, key: str) -> str:
         return self._rings[kind].node_for(key)
@@ -82,7 +86,7 @@ class Directory:
             max_restarts=-1,
             get_if_exists=True,
             **self._actor_options(kind),
-        ).remote(name)
+        ).remote(name, self._env_factory)
         self._handles[name] = handle
         return handle
 

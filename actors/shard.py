@@ -1,23 +1,27 @@
 """The shell shared by every shard actor kind: lazy loading, LRU eviction, write-behind.
 
-A kind supplies a ``DocumentStore`` (its table) and how to turn a stored
-document into its state and back; the shell owns the in-memory map of keys,
-the flusher, the durable path, drain and stats.
+A kind supplies how to turn a stored document into its state and back; the
+shell owns the in-memory map of keys, the flusher, the durable path, drain and
+stats. Everything outside the process is injected as a ``ShardEnv`` (settings,
+the kind's store, how to open the database pool, the clock, the kind's ports),
+built by ``cluster.bootstrap``: a shell runs in a unit test with an in-memory
+store and a fake clock, and actors never import the wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import ray
 
-from actors.writebehind import DirtyTracker, Flusher
-from cluster.settings import Settings, get_settings
+from actors.messages import now_ms
+from actors.writebehind import DirtyTracker, Flusher, Store
 from streams.events import Envelope
 
 
@@ -30,43 +34,35 @@ class Document(Protocol):
 S = TypeVar("S", bound=Document)
 
 
-class DocumentStore:
-    """PostgreSQL adapter: one JSON document per key, versioned upserts."""
+@dataclass(frozen=True)
+class ShardEnv:
+    """What a shard needs from outside, injected when the directory creates it.
 
-    def __init__(self, table: str, key_column: str) -> None:
-        self.table = table
-        self.key_column = key_column
-        self._upsert = f"""
-            INSERT INTO {table} ({key_column}, data, version, updated_at)
-            SELECT r.k, r.data::jsonb, r.version, now()
-            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(k, data, version)
-            ON CONFLICT ({key_column}) DO UPDATE
-               SET data = EXCLUDED.data, version = EXCLUDED.version, updated_at = now()
-             WHERE {table}.version < EXCLUDED.version
-        """
-        self._load = f"SELECT data, version FROM {table} WHERE {key_column} = $1"
+    ``settings`` is read by attribute (flush, eviction and kind rules);
+    ``open_pool`` opens the database pool once; ``ports`` are the kind's own
+    (the order saga's ``Ports``); ``directory`` routes calls to other shards.
+    """
 
-    async def upsert(self, conn: Any, rows: list[tuple[str, Any, int]]) -> None:
-        await conn.execute(
-            self._upsert,
-            [r[0] for r in rows],
-            [json.dumps(r[1], separators=(",", ":")) for r in rows],
-            [r[2] for r in rows],
-        )
+    settings: Any
+    store: Store
+    open_pool: Callable[[], Awaitable[Any]]
+    clock: Callable[[], int] = now_ms
+    ports: Any = None
+    directory: Any = None
 
-    async def load(self, conn: Any, key: str) -> tuple[dict[str, Any], int] | None:
-        row = await conn.fetchrow(self._load, key)
-        return None if row is None else (row["data"], row["version"])
+
+EnvFactory = Callable[[str], ShardEnv]
 
 
 class ShardShell(ABC, Generic[S]):
     """Owns many states of one kind; subclasses add the protocol methods."""
 
-    store: DocumentStore
-
-    def __init__(self, name: str, settings: Settings | None = None) -> None:
+    def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         self.name = name
-        self.settings = settings or get_settings()
+        self.env = env if isinstance(env, ShardEnv) else env(name)
+        self.settings = self.env.settings
+        self.store = self.env.store
+        self.clock = self.env.clock
         self.states: OrderedDict[str, S] = OrderedDict()
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
@@ -76,6 +72,7 @@ class ShardShell(ABC, Generic[S]):
             self.store,
             self._acquire,
             self._snapshot,
+            clock=self.clock,
         )
         self.loads = 0
         self.evictions = 0
@@ -92,10 +89,7 @@ class ShardShell(ABC, Generic[S]):
         if self._pool is None:
             async with self._pool_lock:
                 if self._pool is None:
-                    from cluster.db import create_pool
-                    from cluster.services import service_urls
-
-                    self._pool = await create_pool(service_urls().database, max_size=2)
+                    self._pool = await self.env.open_pool()
                     self.flusher.start()
         return self._pool
 

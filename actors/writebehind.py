@@ -101,6 +101,9 @@ class Store(Protocol):
     async def upsert(self, conn: Any, rows: list[tuple[str, Any, int]]) -> None:
         """Write ``(key, document, version)`` rows; an older version never overwrites."""
 
+    async def load(self, conn: Any, key: str) -> tuple[dict[str, Any], int] | None:
+        """The stored document and version of ``key``, or None."""
+
 
 async def insert_outbox(conn: Any, events: list[Envelope]) -> None:
     if not events:

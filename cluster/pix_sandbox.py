@@ -39,8 +39,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from serve.payments.pix import br_code
-from serve.payments.webhooks import HEADER, sign
+from cluster.adapters.pix import br_code
+from cluster.adapters.webhooks import HEADER, sign
 
 log = logging.getLogger("pix_sandbox")
 

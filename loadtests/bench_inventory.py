@@ -55,7 +55,8 @@ async def main(seconds: float, concurrency: int, rounds: int) -> None:
     os.environ.update(infra.ray_env(settings))
     import ray
 
-    from actors.inventory import InventoryShard
+    from actors.inventory.actor import InventoryShard
+    from cluster.bootstrap import env_for
 
     ray.init(address=infra.ray_address(settings), namespace=settings.ray_namespace,
              logging_level="ERROR", log_to_driver=False)  # fmt: skip
@@ -68,7 +69,7 @@ async def main(seconds: float, concurrency: int, rounds: int) -> None:
     for label, s in variants.items():
         name = f"bench:inventory:{uuid.uuid4().hex[:6]}"
         shards[label] = InventoryShard.options(name=name, namespace=settings.ray_namespace).remote(
-            name, s
+            name, env_for("inventory", s)
         )
         await shards[label].ping.remote()
     totals = {label: [0, 0.0, []] for label in variants}

@@ -16,8 +16,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.pricing import Coupon, FieldError, Promotion, Rejected, validate_coupon
-from actors.pricing import validate_promotion as engine_validate_promotion
+from actors.pricing.engine import Coupon, FieldError, Promotion, Rejected, validate_coupon
+from actors.pricing.engine import validate_promotion as engine_validate_promotion
 from serve import pricing_service
 from serve.auth.principal import ADMIN, Admin
 from serve.cursors import decode_cursor, page

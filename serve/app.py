@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.pricing import AppliedDiscount, Destination, Quote, Rejected
+from actors.pricing.engine import AppliedDiscount, Destination, Quote, Rejected
 from cluster.settings import get_settings
 from serve import pricing_service, problems
 from serve.admin import router as admin_router

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.order import order_id_for
+from actors.order.model import order_id_for
 from serve.auth.principal import ADMIN, SHOPPER, Admin, User
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
@@ -271,8 +271,8 @@ async def payment_webhook(gateway: str, request: Request) -> dict[str, Any]:
     """Signed callbacks from a payment provider (``Agora-Signature: t=...,v1=...``)."""
     import time as _time
 
+    from cluster.adapters.webhooks import verify
     from cluster.services import pix_webhook_secret
-    from serve.payments.webhooks import verify
 
     if gateway != "pix":
         raise Problem(404, "not-found", "No such payment gateway.")

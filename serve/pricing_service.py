@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from actors.pricing import (
+from actors.pricing.engine import (
     Coupon,
     Destination,
     Line,

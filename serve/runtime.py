@@ -7,27 +7,9 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from actors.cart import CartShard
-from actors.directory import Directory
-from actors.inventory import InventoryShard
-from actors.order import OrderShard
-from actors.session import SessionShard
+from cluster.bootstrap import shard_directory
 from cluster.settings import Settings, get_settings
 from serve.carttoken import CartTokens
-
-
-def shard_directory(settings: Settings) -> Directory:
-    return Directory(
-        {
-            "cart": (CartShard, settings.cart_shards),
-            "session": (SessionShard, settings.session_shards),
-            "inventory": (InventoryShard, settings.inventory_shards),
-            "order": (OrderShard, settings.order_shards),
-        },
-        namespace=settings.ray_namespace,
-        vnodes=settings.virtual_nodes,
-    )
-
 
 _RUNTIME: Runtime | None = None
 

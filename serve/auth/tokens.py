@@ -31,6 +31,8 @@ from jwt.exceptions import (
     InvalidTokenError,
 )
 
+from actors.messages import Rejected
+
 ALGORITHM = "ES256"
 CURVE = "P-256"
 DEFAULT_LIFETIME_S = 900
@@ -88,14 +90,6 @@ class Claims:
     nbf: int | float
     exp: int | float
     raw: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """Why a token was refused; ``code`` is stable, ``detail`` is for logs only."""
-
-    code: RejectionCode
-    detail: str = ""
 
 
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
@@ -282,9 +276,9 @@ class TokenVerifier:
         try:
             decoded = self._jws.decode_complete(token, key=self._keys[kid], algorithms=[ALGORITHM])
         except InvalidSignatureError:
-            return Rejected("bad-signature")
+            return Rejected("bad-signature", "")
         except InvalidAlgorithmError:
-            return Rejected("bad-algorithm")
+            return Rejected("bad-algorithm", "")
         except (DecodeError, InvalidTokenError):
             return Rejected("malformed", "undecodable token")
         try:
@@ -311,15 +305,15 @@ class TokenVerifier:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             return Rejected("malformed", "roles must be a list of strings")
         if payload["iss"] != self.issuer:
-            return Rejected("wrong-issuer")
+            return Rejected("wrong-issuer", "")
         aud = payload["aud"]
         audiences = (aud,) if isinstance(aud, str) else aud
         if not isinstance(audiences, list | tuple) or self.audience not in audiences:
-            return Rejected("wrong-audience")
+            return Rejected("wrong-audience", "")
         if now >= exp + self.leeway_s:
-            return Rejected("expired")
+            return Rejected("expired", "")
         if nbf > now + self.leeway_s or iat > now + self.leeway_s:
-            return Rejected("not-yet-valid")
+            return Rejected("not-yet-valid", "")
         return Claims(
             sub=sub,
             sid=sid,

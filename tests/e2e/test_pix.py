@@ -7,9 +7,9 @@ import uuid
 import httpx
 import pytest
 
+from cluster.adapters.pix import valid_br_code
+from cluster.adapters.webhooks import sign
 from cluster.services import pix_webhook_secret
-from serve.payments.pix import valid_br_code
-from serve.payments.webhooks import sign
 from tests.conftest import eventually
 from tests.e2e.problems import assert_problem
 from tests.e2e.shoppers import auth, new_product, new_shopper
@@ -81,7 +81,9 @@ async def test_bad_webhooks_change_nothing(http, db):
 
 
 async def test_unpaid_pix_orders_expire_and_release_stock(system, base_url, db):
-    from actors.order import OrderShard, order_id_for
+    from actors.order.actor import OrderShard
+    from actors.order.model import order_id_for
+    from cluster.bootstrap import env_for
 
     with httpx.Client(base_url=base_url, timeout=60) as http:
         shopper = new_shopper(http)
@@ -89,7 +91,8 @@ async def test_unpaid_pix_orders_expire_and_release_stock(system, base_url, db):
         http.post("/v1/cart/items", json={"sku": sku, "quantity": 3}, headers=auth(shopper))
     settings = system.model_copy(update={"pix_expiry_s": 2})
     name = f"test:order:{uuid.uuid4().hex[:8]}"
-    shard = OrderShard.options(name=name, namespace=system.ray_namespace).remote(name, settings)
+    env = env_for("order", settings)
+    shard = OrderShard.options(name=name, namespace=system.ray_namespace).remote(name, env)
     order_id = order_id_for(shopper["user_id"], uuid.uuid4().hex)
     reply = await shard.checkout.remote(
         order_id, shopper["user_id"], "h", PIX, f"user:{shopper['user_id']}"

@@ -123,11 +123,13 @@ async def test_rejected_command_changes_nothing_and_emits_nothing(directory, db)
 
 
 async def test_idle_carts_are_evicted_and_reload_lazily(system, db):
-    from actors.cart import CartShard
+    from actors.cart.actor import CartShard
+    from cluster.bootstrap import env_for
 
     settings = system.model_copy(update={"shard_max_keys": 5})
     name = f"test:cart-evict:{uuid.uuid4().hex[:8]}"
-    shard = CartShard.options(name=name, namespace=system.ray_namespace).remote(name, settings)
+    env = env_for("cart", settings)
+    shard = CartShard.options(name=name, namespace=system.ray_namespace).remote(name, env)
     try:
         cart_ids = [new_cart_id() for _ in range(12)]
         for i, cart_id in enumerate(cart_ids):

@@ -10,9 +10,9 @@ import uuid
 import pytest
 import stripe
 
+from actors.order.ports import Charge, Refund
+from cluster.adapters.stripe_card import StripeCardGateway
 from cluster.settings import get_settings
-from serve.payments import Charge, Refund
-from serve.payments.stripe_card import StripeCardGateway
 
 pytestmark = pytest.mark.integration
 

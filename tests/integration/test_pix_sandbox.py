@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from cluster.adapters.pix import parse_emv, valid_br_code
+from cluster.adapters.pix_gateway import PixGateway, txid_for
+from cluster.adapters.webhooks import HEADER, verify
 from cluster.services import pix_webhook_secret
 from cluster.settings import get_settings
-from serve.payments.pix import parse_emv, valid_br_code
-from serve.payments.pix_gateway import PixGateway, txid_for
-from serve.payments.webhooks import HEADER, verify
 
 pytestmark = pytest.mark.integration
 

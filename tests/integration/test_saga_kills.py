@@ -13,7 +13,7 @@ import httpx
 import pytest
 import ray
 
-from actors.order import order_id_for
+from actors.order.model import order_id_for
 from serve.runtime import shard_directory
 from tests.conftest import eventually
 from tests.e2e.shoppers import auth, new_product, new_shopper

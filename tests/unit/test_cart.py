@@ -1,4 +1,5 @@
-from actors.cart import Cart, CartRules, Rejected
+from actors.cart.model import Cart, CartRules
+from actors.messages import Rejected
 
 RULES = CartRules(max_lines=3, max_quantity=10)
 

@@ -1,6 +1,7 @@
 import pytest
 
-from actors.inventory import Rejected, StockItem
+from actors.inventory.model import StockItem
+from actors.messages import Rejected
 
 TTL = 60_000
 

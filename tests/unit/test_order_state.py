@@ -1,7 +1,7 @@
 import pytest
 
-from actors.order import Order, order_id_for
-from serve.fraud import FraudFacts, screen
+from actors.fraud.rules import FraudFacts, screen
+from actors.order.model import Order, order_id_for
 from serve.orders import carries_card_number
 
 

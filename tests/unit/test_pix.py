@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.payments.pix import br_code, crc16_ccitt, format_amount, parse_emv, valid_br_code
+from cluster.adapters.pix import br_code, crc16_ccitt, format_amount, parse_emv, valid_br_code
 
 KEY = "pix@agora.example"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors.pricing import (
+from actors.pricing.engine import (
     AppliedDiscount,
     Coupon,
     Destination,

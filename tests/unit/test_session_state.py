@@ -2,7 +2,8 @@
 
 import json
 
-from actors.session import USED_HASHES_KEPT, Rejected, UserSessions
+from actors.messages import Rejected
+from actors.session.model import USED_HASHES_KEPT, UserSessions
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000

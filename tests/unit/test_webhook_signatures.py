@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.payments.webhooks import sign, verify
+from cluster.adapters.webhooks import sign, verify
 
 SECRET = bytes.fromhex("11" * 32)
 OTHER = bytes.fromhex("22" * 32)

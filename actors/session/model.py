@@ -9,23 +9,13 @@ change has committed (the durable path), so a revocation survives a crash.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import ray
-
-from actors.shard import DocumentStore, ShardShell
-from cluster.settings import Settings
+from actors.messages import Rejected
 from streams.events import AUTH_REFRESH_REUSED, AUTH_SESSION_REVOKED, Envelope, make_event
 
 USED_HASHES_KEPT = 64
-
-
-@dataclass(frozen=True)
-class Rejected:
-    code: str  # invalid | reused | expired | revoked | not-found
-    detail: str
 
 
 @dataclass
@@ -147,83 +137,3 @@ class UserSessions:
     def from_doc(cls, user_id: str, doc: dict[str, Any], version: int) -> UserSessions:
         sessions = {s["sid"]: Session(**s) for s in doc.get("sessions", [])}
         return cls(user_id, sessions, version)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class SessionShardImpl(ShardShell[UserSessions]):
-    """Owns the sessions of many users; every change is answered after its commit."""
-
-    store = DocumentStore("user_sessions", "user_id")
-
-    def __init__(self, name: str, settings: Settings | None = None) -> None:
-        super().__init__(name, settings)
-
-    def new_state(self, key: str) -> UserSessions:
-        return UserSessions(key)
-
-    def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> UserSessions:
-        return UserSessions.from_doc(key, doc, version)
-
-    async def _commit(self, user_id: str, state: UserSessions, events: list[Envelope]) -> None:
-        self.changed(user_id, state, events)
-        await self.flusher.durable(user_id, state.version)
-
-    async def open(
-        self, user_id: str, sid: str, refresh_hash: str, device: str, lifetime_ms: int
-    ) -> None:
-        """Start a session with its first refresh token (hash only)."""
-        state = await self.state(user_id)
-        events = state.open(sid, refresh_hash, device, _now_ms(), lifetime_ms)
-        await self._commit(user_id, state, events)
-
-    async def rotate(
-        self, user_id: str, sid: str, presented_hash: str, new_hash: str
-    ) -> dict[str, Any]:
-        """Rotate a refresh token: ``{"ok": True}`` or ``{"ok": False, "code": ...}``."""
-        state = await self.state(user_id)
-        result = state.rotate(sid, presented_hash, new_hash, _now_ms())
-        if isinstance(result, Rejected):
-            return {"ok": False, "code": result.code}
-        # Decide before awaiting the commit: a concurrent reuse may revoke the
-        # family meanwhile, and must not turn this (first) rotation into a loss.
-        reused = state.sessions[sid].revoked_ms is not None
-        await self._commit(user_id, state, result)
-        return {"ok": False, "code": "reused"} if reused else {"ok": True}
-
-    async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
-        """End one session; False when there was no such active session."""
-        state = await self.state(user_id)
-        result = state.revoke(sid, _now_ms(), reason)
-        if isinstance(result, Rejected):
-            return False
-        await self._commit(user_id, state, result)
-        return True
-
-    async def revoke_all(self, user_id: str, reason: str) -> list[str]:
-        """End every session of the user; returns the ended session ids."""
-        state = await self.state(user_id)
-        revoked, events = state.revoke_all(_now_ms(), reason)
-        if revoked:
-            await self._commit(user_id, state, events)
-        return revoked
-
-    async def erase(self, user_id: str) -> None:
-        """Forget the user's sessions entirely (erasure), durably."""
-        state = await self.state(user_id)
-        state.erase()
-        await self._commit(user_id, state, [])
-
-    async def list(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's active sessions (no token material)."""
-        state = await self.state(user_id)
-        return [s.public() for s in state.active(_now_ms())]
-
-    async def is_active(self, user_id: str, sid: str) -> bool:
-        """Whether the session is still active."""
-        return (await self.state(user_id)).is_active(sid, _now_ms())
-
-
-SessionShard: Any = ray.remote(num_cpus=0, max_concurrency=1000)(SessionShardImpl)  # type: ignore[call-overload]

@@ -113,6 +113,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
+from actors.messages import FieldError, Rejected
+
 PromotionKind = Literal["percentage", "fixed", "buy_x_pay_y", "tier"]
 Target = Literal["sku", "category", "cart"]
 CouponKind = Literal["percentage", "fixed"]
@@ -126,21 +128,6 @@ _CODE = re.compile(r"[A-Z0-9_-]{1,64}")
 def pct(amount: int, bp: int) -> int:
     """``bp`` basis points of ``amount``, half a centavo rounding up."""
     return (amount * bp + FULL_BP // 2) // FULL_BP
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A refusal; ``code`` is stable, ``detail`` is for people, ``errors`` name bad fields."""
-
-    code: str
-    detail: str
-    errors: tuple[FieldError, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -492,7 +479,7 @@ class _Fields:
 
     def rejected(self, code: str) -> Rejected:
         detail = "; ".join(f"{e.field}: {e.message}" for e in self.errors)
-        return Rejected(code, detail, tuple(self.errors))
+        return Rejected(code, detail, errors=tuple(self.errors))
 
     def text(self, name: str, *, required: bool = True) -> str:
         value = self.data.get(name)

@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.order import Order
-from actors.pricing import Destination, Quote
+from actors.fraud.rules import FraudFacts, screen
+from actors.order.model import Order
+from actors.pricing.engine import Destination, Quote
 from cluster.settings import Settings
-from serve.fraud import FraudFacts, screen
 from streams.events import Envelope
 
 
 class SagaDependencies:
     def __init__(self, settings: Settings, pool: Any) -> None:
-        from serve.runtime import shard_directory
+        from cluster.bootstrap import shard_directory
 
         self.settings = settings
         self.pool = pool
@@ -31,8 +31,8 @@ class SagaDependencies:
 
     def gateway(self) -> Any:
         if self._gateway is None:
+            from cluster.adapters.stripe_card import StripeCardGateway
             from cluster.services import service_urls
-            from serve.payments.stripe_card import StripeCardGateway
 
             self._gateway = StripeCardGateway(
                 self.pool, service_urls(self.settings).stripe, self.settings.stripe_api_key
@@ -138,8 +138,8 @@ class SagaDependencies:
 
     def pix(self) -> Any:
         if self._pix is None:
+            from cluster.adapters.pix_gateway import PixGateway
             from cluster.services import service_urls
-            from serve.payments.pix_gateway import PixGateway
 
             self._pix = PixGateway(self.pool, service_urls(self.settings).pix)
         return self._pix

@@ -43,7 +43,7 @@ import stripe
 from pydantic import SecretStr
 from stripe.params import PaymentIntentCreateParams
 
-from serve.payments import Charge, PaymentGateway, Refund
+from actors.order.ports import Charge, PaymentGateway, Refund
 
 log = logging.getLogger(__name__)
 

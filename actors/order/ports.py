@@ -1,6 +1,6 @@
-"""The payment gateway port: what the checkout saga needs from any payment provider.
+"""The ports the checkout saga needs; here the payment gateway port (any provider).
 
-Adapters: ``serve.payments.stripe_card`` (card payments through the official
+Adapters: ``cluster.adapters.stripe_card`` (card payments through the official
 ``stripe`` SDK against any Stripe-compatible API; locally ``localstripe``).
 Card numbers never reach our servers: callers pass a payment-method token
 (``pm_...``) created by the provider's client-side SDK.

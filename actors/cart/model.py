@@ -7,14 +7,10 @@ fire-and-forget: answered at once, persisted within ``flush_interval_ms``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-
-from actors.shard import DocumentStore, ShardShell
-from cluster.settings import Settings
+from actors.messages import Rejected
 from streams.events import (
     CART_CLEARED,
     CART_ITEM_ADDED,
@@ -23,14 +19,6 @@ from streams.events import (
     Envelope,
     make_event,
 )
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A command the cart refused; ``code`` is stable, ``detail`` is for people."""
-
-    code: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -189,75 +177,3 @@ class Cart:
             ],
             "subtotal": self.subtotal,
         }  # fmt: skip
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class CartShardImpl(ShardShell[Cart]):
-    """Owns many carts; every public method is one protocol message."""
-
-    store = DocumentStore("carts", "cart_id")
-
-    def __init__(self, name: str, settings: Settings | None = None) -> None:
-        super().__init__(name, settings)
-        self.rules = CartRules(self.settings.cart_max_lines, self.settings.cart_max_quantity)
-
-    def new_state(self, key: str) -> Cart:
-        return Cart(key)
-
-    def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> Cart:
-        return Cart.from_doc(key, doc, version)
-
-    def _apply(self, cart: Cart, result: list[Envelope] | Rejected) -> dict[str, Any]:
-        if isinstance(result, Rejected):
-            return {"ok": False, "code": result.code, "detail": result.detail, "cart": cart.view()}
-        self.changed(cart.cart_id, cart, result)
-        return {"ok": True, "cart": cart.view()}
-
-    async def get(self, cart_id: str) -> dict[str, Any]:
-        """The cart's current view."""
-        return (await self.state(cart_id)).view()
-
-    async def add_item(
-        self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
-    ) -> dict[str, Any]:
-        """Add ``quantity`` of a product (price and name snapshot taken by the caller)."""
-        cart = await self.state(cart_id)
-        return self._apply(cart, cart.add(sku, name, unit_price, quantity, _now_ms(), self.rules))
-
-    async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> dict[str, Any]:
-        """Set a line's quantity; 0 removes the line."""
-        cart = await self.state(cart_id)
-        return self._apply(cart, cart.set_quantity(sku, quantity, _now_ms(), self.rules))
-
-    async def remove_item(self, cart_id: str, sku: str) -> dict[str, Any]:
-        """Remove a line."""
-        cart = await self.state(cart_id)
-        return self._apply(cart, cart.remove(sku, _now_ms()))
-
-    async def merge_into(self, cart_id: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
-        """Add another cart's lines (login merges the anonymous cart); limits still apply."""
-        cart = await self.state(cart_id)
-        events = cart.merge(lines, _now_ms(), self.rules)
-        if events:
-            self.changed(cart_id, cart, events)
-        await self.flusher.durable(cart_id, cart.version)
-        return cart.view()
-
-    async def clear(self, cart_id: str) -> dict[str, Any]:
-        """Empty the cart (after a merge, an order, or an erasure), durably."""
-        cart = await self.state(cart_id)
-        events = cart.clear(_now_ms())
-        if events:
-            self.changed(cart_id, cart, events)
-        await self.flusher.durable(cart_id, cart.version)
-        return cart.view()
-
-    async def persist(self, cart_id: str) -> None:
-        """Wait until the cart's current version has committed (the durable path)."""
-        await self.durable(cart_id)
-
-
-CartShard: Any = ray.remote(num_cpus=0, max_concurrency=1000)(CartShardImpl)  # type: ignore[call-overload]

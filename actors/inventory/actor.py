@@ -1,0 +1,129 @@
+"""Stock: the pure ``StockItem`` state (on hand, reservations with a TTL) and the
+``InventoryShard`` actor.
+
+``available = on_hand - reserved`` and it never goes negative: a reservation
+that does not fit is refused, and on_hand cannot be set or adjusted below what
+is reserved. Reserve, release and commit are idempotent by reservation id
+(repeats answer as the first call did) and durable: answered only after the
+batch holding the change has committed (group commit). Expired reservations
+are released by a sweeper and ignored by reads before that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import ray
+
+from actors.inventory.model import StockItem
+from actors.messages import Rejected
+from actors.shard import EnvFactory, ShardEnv, ShardShell
+from streams.events import Envelope
+
+FINISHED_KEPT = 256
+
+
+class InventoryShardImpl(ShardShell[StockItem]):
+    """Owns the stock of many SKUs; every change is answered after its commit."""
+
+    def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
+        super().__init__(name, env)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def new_state(self, key: str) -> StockItem:
+        return StockItem(key, known=False)
+
+    def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> StockItem:
+        return StockItem.from_doc(key, doc, version)
+
+    async def _get_pool(self) -> Any:
+        pool = await super()._get_pool()
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        return pool
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_ms / 1000)
+            now = self.clock()
+            for sku, item in list(self.states.items()):
+                with contextlib.suppress(Exception):
+                    if item.sweep(now):
+                        self.changed(sku, item, [])
+
+    async def _answer(self, item: StockItem, result: list[Envelope] | Rejected) -> dict[str, Any]:
+        if isinstance(result, Rejected):
+            return {"ok": False, "code": result.code, "detail": result.detail,
+                    "available": result.available, **item.view(self.clock())}  # fmt: skip
+        self.changed(item.sku, item, result)
+        await self.flusher.durable(item.sku, item.version)
+        return {"ok": True, **item.view(self.clock())}
+
+    async def get(self, sku: str) -> dict[str, Any]:
+        """On hand, reserved and available for one SKU."""
+        item = await self.state(sku)
+        if not item.known:
+            return {"ok": False, "code": "unknown-sku", "detail": f"{sku} is not a product"}
+        return {"ok": True, **item.view(self.clock())}
+
+    async def reserve(
+        self,
+        sku: str,
+        rid: str,
+        quantity: int,
+        ttl_s: int | None = None,
+        order_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Hold ``quantity`` units under reservation ``rid`` (idempotent, durable)."""
+        item = await self.state(sku)
+        ttl_ms = (ttl_s or self.settings.reservation_ttl_s) * 1000
+        return await self._answer(item, item.reserve(rid, quantity, self.clock(), ttl_ms, order_id))
+
+    async def release(self, sku: str, rid: str) -> dict[str, Any]:
+        """Give reserved units back (idempotent, durable)."""
+        item = await self.state(sku)
+        return await self._answer(item, item.release(rid, self.clock()))
+
+    async def commit(self, sku: str, rid: str) -> dict[str, Any]:
+        """Turn a reservation into a sale (idempotent, durable)."""
+        item = await self.state(sku)
+        return await self._answer(
+            item, item.commit(rid, self.clock(), self.settings.low_stock_threshold)
+        )
+
+    async def return_units(self, sku: str, rid: str, quantity: int) -> dict[str, Any]:
+        """Put sold units back once per ``rid`` (order cancellation), durably."""
+        item = await self.state(sku)
+        return await self._answer(
+            item, item.return_units(rid, quantity, self.clock(), self.settings.low_stock_threshold)
+        )
+
+    async def set_on_hand(self, sku: str, on_hand: int) -> dict[str, Any]:
+        """Set on-hand stock (not below what is reserved)."""
+        item = await self.state(sku)
+        return await self._answer(
+            item, item.set_on_hand(on_hand, self.clock(), self.settings.low_stock_threshold)
+        )
+
+    async def adjust(self, sku: str, delta: int, reason: str) -> dict[str, Any]:
+        """Add or remove stock with a reason (not below what is reserved)."""
+        item = await self.state(sku)
+        return await self._answer(
+            item, item.adjust(delta, reason, self.clock(), self.settings.low_stock_threshold)
+        )
+
+    async def audit(self, sku: str) -> dict[str, Any]:
+        """Invariant inputs: on hand, live reservations and units committed so far."""
+        item = await self.state(sku)
+        now = self.clock()
+        return {
+            "on_hand": item.on_hand,
+            "committed_units": item.committed_units,
+            "reserved": item.reserved(now),
+            "live": {rid: r.quantity for rid, r in item.reservations.items() if r.expires_ms > now},
+        }
+
+
+InventoryShard: Any = ray.remote(num_cpus=0, max_concurrency=1000)(InventoryShardImpl)  # type: ignore[call-overload]
