@@ -73,6 +73,7 @@ class ShardShell(ABC, Generic[S]):
             self._acquire,
             self._snapshot,
             clock=self.clock,
+            topics=(self.settings.events_tenant, self.settings.events_namespace),
         )
         self.loads = 0
         self.evictions = 0

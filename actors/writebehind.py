@@ -105,13 +105,18 @@ class Store(Protocol):
         """The stored document and version of ``key``, or None."""
 
 
-async def insert_outbox(conn: Any, events: list[Envelope]) -> None:
+async def insert_outbox(
+    conn: Any, events: list[Envelope], tenant: str = "agora", namespace: str = "events"
+) -> None:
     if not events:
         return
     await conn.executemany(
         "INSERT INTO outbox (event_id, topic, key, type, envelope)"
         " VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb) ON CONFLICT (event_id) DO NOTHING",
-        [(e.id, topic_for(e.type), e.key, e.type, encode(e).decode()) for e in events],
+        [
+            (e.id, topic_for(e.type, tenant, namespace), e.key, e.type, encode(e).decode())
+            for e in events
+        ],
     )
 
 
@@ -130,8 +135,10 @@ class Flusher:
         snapshot: Callable[[str], tuple[Any, int] | None],
         clock: Callable[[], int] = _now_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        topics: tuple[str, str] = ("agora", "events"),
     ) -> None:
         self.tracker = tracker
+        self._topics = topics
         self._store = store
         self._acquire = acquire
         self._snapshot = snapshot
@@ -201,7 +208,7 @@ class Flusher:
         try:
             async with self._acquire() as conn, conn.transaction():
                 await self._store.upsert(conn, rows)
-                await insert_outbox(conn, batch.events)
+                await insert_outbox(conn, batch.events, *self._topics)
         except BaseException:
             self.tracker.put_back(batch)
             raise

@@ -13,8 +13,6 @@ from typing import Any
 
 import msgspec
 
-from cluster.settings import get_settings
-
 
 def uuid7(now_ms: int | None = None) -> uuid.UUID:
     """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version, 74 random bits."""
@@ -81,10 +79,10 @@ AUTH_SESSION_REVOKED = _declare("auth.session_revoked", 1, "auth")
 AUTH_MFA_ENABLED = _declare("auth.mfa_enabled", 1, "auth")
 
 
-def topic_for(event_type: str) -> str:
-    settings = get_settings()
+def topic_for(event_type: str, tenant: str = "agora", namespace: str = "events") -> str:
+    """The topic of an event type under ``tenant``/``namespace`` (settings, passed in)."""
     domain = EVENT_TYPES[event_type].domain
-    return f"persistent://{settings.events_tenant}/{settings.events_namespace}/{domain}"
+    return f"persistent://{tenant}/{namespace}/{domain}"
 
 
 def make_event(

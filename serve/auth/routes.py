@@ -14,12 +14,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.writebehind import insert_outbox
 from serve.auth import totp
 from serve.auth.passwords import PasswordHasher, check_password, mask_email, normalise_email
 from serve.auth.principal import PUBLIC, SHOPPER, Principal, User, revocation_keys
 from serve.auth.tokens import new_refresh_token, token_hash
+from serve.middleware import request_ip
 from serve.problems import Problem, actor_call, rate_limited
-from serve.ratelimit import Limit, client_ip, trusted_networks
+from serve.ratelimit import Limit
+from serve.routers.cart import merge_anonymous_cart
 from serve.runtime import Runtime, runtime
 from streams.events import (
     AUTH_LOGGED_IN,
@@ -101,14 +104,6 @@ def _limits(rt: Runtime) -> tuple[Limit, Limit]:
     )
 
 
-def request_ip(request: Request) -> str:
-    s = runtime().settings
-    host = request.client.host if request.client else None
-    return client_ip(
-        host, request.headers, s.trusted_proxy_header, trusted_networks(s.trusted_proxies)
-    )
-
-
 async def _limit_ip(rt: Runtime, request: Request) -> None:
     decision = await rt.limiter.hit(_limits(rt)[0], request_ip(request))
     if not decision.allowed:
@@ -127,9 +122,9 @@ async def _verify(stored: str | None, password: str) -> bool:
 
 
 async def _outbox(conn: Any, event_type: EventType, key: str, payload: dict[str, Any]) -> None:
-    from actors.writebehind import insert_outbox
-
-    await insert_outbox(conn, [make_event(event_type, key, payload, int(time.time() * 1000))])
+    s = runtime().settings
+    event = make_event(event_type, key, payload, int(time.time() * 1000))
+    await insert_outbox(conn, [event], s.events_tenant, s.events_namespace)
 
 
 def _refresh_parts(token: str) -> tuple[str, str] | None:
@@ -174,39 +169,8 @@ async def _start_session(rt: Runtime, request: Request, user: Any) -> dict:
     async with rt.pool.acquire() as conn:
         await _outbox(conn, AUTH_LOGGED_IN, user["user_id"], {"user_id": user["user_id"],
                                                               "session_id": sid})  # fmt: skip
-    await _merge_anonymous_cart(rt, request, user["user_id"])
+    await merge_anonymous_cart(rt, request, user["user_id"])
     return await _issue(rt, user["user_id"], list(user["roles"]), sid, refresh)
-
-
-async def _merge_anonymous_cart(rt: Runtime, request: Request, user_id: str) -> None:
-    token = request.headers.get("x-cart-token")
-    if not token or rt.tokens is None:
-        return
-    anon_id = rt.tokens.cart_id(token)
-    if anon_id is None:
-        return
-    anon = rt.directory.get("cart", anon_id)
-    view = await actor_call(anon.get.remote(anon_id))
-    if not view["lines"]:
-        return
-    user_cart = f"user:{user_id}"
-    await actor_call(
-        rt.directory.get("cart", user_cart).merge_into.remote(user_cart, view["lines"])
-    )
-    await actor_call(anon.clear.remote(anon_id))
-    await _carry_coupon(rt, anon_id, user_cart)
-
-
-async def _carry_coupon(rt: Runtime, anon_id: str, user_cart: str) -> None:
-    """The anonymous cart's coupon follows its lines, unless the user's cart has one."""
-    from serve.pricing_service import cart_coupon, clear_cart_coupon, set_cart_coupon
-
-    code = await cart_coupon(rt.pool, anon_id)
-    if code is None:
-        return
-    if await cart_coupon(rt.pool, user_cart) is None:
-        await set_cart_coupon(rt.pool, user_cart, code)
-    await clear_cart_coupon(rt.pool, anon_id)
 
 
 def _problem_401(kind: str, detail: str, **extra: Any) -> Problem:

@@ -103,7 +103,6 @@ ALLOWED: set[str] = {
     "cluster/cli.py -> streams.outbox",
     "cluster/infra.py -> cluster.services",
     "serve/app.py -> streams.outbox",
-    "serve/auth/routes.py -> actors.writebehind",
     "serve/auth/routes.py -> serve.pricing_service",
     "serve/orders.py -> cluster.adapters.webhooks",
     "serve/orders.py -> cluster.services",
@@ -112,7 +111,6 @@ ALLOWED: set[str] = {
     "serve/runtime.py -> serve.auth",
     "serve/runtime.py -> serve.auth.tokens",
     "serve/runtime.py -> serve.ratelimit",
-    "streams/events.py -> cluster.settings",
     "streams/outbox.py -> cluster.services",
     "streams/outbox.py -> cluster.settings",
 }

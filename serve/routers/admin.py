@@ -1,4 +1,4 @@
-"""Operator routes (role ``admin``): stock, promotions and coupons.
+"""Operator routes (role ``admin``): stock, promotions, coupons and the cluster view.
 
 No ``from __future__ import annotations``: FastAPI must see real annotations.
 
@@ -8,11 +8,13 @@ bad field; this layer adds RFC 3339 timestamps (epoch seconds are accepted too)
 and length limits on the free-text fields.
 """
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import ray
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +26,7 @@ from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
 from serve.schemas import Sku
+from streams.outbox import relay_actor_name
 
 router = APIRouter(tags=["admin"])
 
@@ -334,3 +337,27 @@ async def list_coupons(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) 
         "items": [_coupon_view(r["data"], r["uses_total"], r["created_at"]) for r in rows],
         "next_cursor": next_cursor,
     }
+
+
+@router.get("/v1/admin/cluster", openapi_extra=ADMIN)
+async def cluster(_admin: Admin) -> dict[str, Any]:
+    """Shards with their node, pid and flush metrics; nodes; the outbox relay."""
+    rt = await runtime().ready()
+    shards = []
+    for kind in ("cart", "session", "inventory", "order"):
+        for name in rt.directory.shard_names(kind):
+            try:
+                stats = await asyncio.wait_for(rt.directory.handle(name).stats.remote(), 2)
+                shards.append({"kind": kind, **stats})
+            except Exception:
+                shards.append({"kind": kind, "name": name, "error": "unavailable"})
+    try:
+        relay = ray.get_actor(relay_actor_name(), namespace=rt.settings.ray_namespace)
+        outbox: Any = await asyncio.wait_for(relay.health.remote(), 3)
+    except Exception:
+        outbox = {"error": "unavailable"}
+    nodes = [
+        {"node_id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"]}
+        for n in ray.nodes()
+    ]
+    return {"shards": shards, "nodes": nodes, "outbox": outbox}

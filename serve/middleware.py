@@ -1,0 +1,110 @@
+"""ASGI middleware of the API: body size limit, the per-client-IP API rate limit, request metrics.
+
+No ``from __future__ import annotations``: kept like the routers for uniformity.
+"""
+
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from serve import problems
+from serve.ratelimit import Limit, client_ip, trusted_networks
+from serve.runtime import runtime
+
+REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "agora_http_request_seconds",
+    "HTTP request latency inside the API replica",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def request_ip(request: Request) -> str:
+    """The client address: the direct peer, or the trusted proxy header from a trusted peer."""
+    s = runtime().settings
+    host = request.client.host if request.client else None
+    return client_ip(
+        host, request.headers, s.trusted_proxy_header, trusted_networks(s.trusted_proxies)
+    )
+
+
+MAX_BODY = 64 * 1024
+
+
+class Guard:
+    """Pure ASGI middleware: body size limit and request metrics."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+                response = problems.problem_response(
+                    413, None, f"Request bodies are limited to {MAX_BODY} bytes."
+                )
+                await response(scope, receive, send)
+                return
+        if scope["path"].startswith("/v1/") and not await _within_api_limit(scope):
+            return await _too_many(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+        received = 0
+
+        async def counted_receive() -> dict[str, Any]:
+            """Count body bytes too: a chunked upload has no Content-Length to check."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    raise StarletteHTTPException(
+                        413, f"Request bodies are limited to {MAX_BODY} bytes."
+                    )
+            return dict(message)
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            REQUESTS.labels(scope["method"], path, str(status)).inc()
+            LATENCY.labels(path).observe(time.perf_counter() - start)
+
+
+async def _within_api_limit(scope: dict[str, Any]) -> bool:
+    """The global per-client-IP limit; fails open if Redis is unreachable."""
+    rt = runtime()
+    if rt.limiter is None:
+        try:
+            await rt.ready()
+        except Exception:
+            return True
+    limit = Limit("api-ip", rt.settings.api_requests_per_ip, rt.settings.api_requests_period_s)
+    try:
+        decision = await rt.limiter.hit(limit, request_ip(Request(scope)))
+    except Exception:
+        return True
+    scope.setdefault("state", {})["retry_after"] = decision.retry_after_s
+    return bool(decision.allowed)
+
+
+async def _too_many(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    retry = str(scope.get("state", {}).get("retry_after", 1))
+    response = problems.problem_response(
+        429, "rate-limited", "Too many requests from this address.", {"Retry-After": retry}
+    )
+    await response(scope, receive, send)
