@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.messages import Rejected
+
 PROBLEM_BASE = "https://agora.example/problems/"
 MEDIA_TYPE = "application/problem+json"
 
@@ -59,6 +61,37 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers
         self.extra = extra
+
+
+# The one map from a rejection ``code`` (``actors.messages.Rejected``) to its HTTP
+# status, for the whole API. A code not listed here is a 422.
+STATUS: dict[str, int] = {
+    # carts
+    "not-in-cart": 404,
+    "quantity-limit": 422,
+    "cart-full": 422,
+    # stock
+    "unknown-sku": 404,
+    "below-reserved": 409,
+    "insufficient": 409,
+    "out-of-stock": 409,
+    # orders and payments
+    "not-found": 404,
+    "idempotency-mismatch": 422,
+    "not-cancellable": 409,
+    "wrong-status": 409,
+    "payment-declined": 402,
+    "fraud-blocked": 403,
+    "empty-cart": 422,
+    "reservation-expired": 409,
+    "payment-expired": 409,
+}
+
+
+def rejected(rejection: Rejected, **extra: Any) -> Problem:
+    """The problem that answers a rejected command: its code is the problem type."""
+    status = STATUS.get(rejection.code, 422)
+    return Problem(status, rejection.code, rejection.detail, **extra)
 
 
 def rate_limited(detail: str, retry_after_s: int) -> Problem:
