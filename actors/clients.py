@@ -9,7 +9,13 @@ one Ray call, and returns the shard's typed reply (frozen values, or the one
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
+
+from actors.cart.model import CartView, CartViewLine
+from actors.inventory.model import Audit, Done, Held, LineHold, Short, StockView
+from actors.messages import Rejected
+from actors.order.model import OrderReply, PixSettled
 
 
 class _Client:
@@ -20,14 +26,177 @@ class _Client:
 class CartClient(_Client):
     """Carts: lines, coupon, merge on login, clear after an order."""
 
+    def _shard(self, cart_id: str) -> Any:
+        return self.directory.get("cart", cart_id)
+
+    async def get(self, cart_id: str) -> CartView:
+        return cast(CartView, await self._shard(cart_id).view.remote(cart_id))
+
+    async def add_item(
+        self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
+    ) -> CartView | Rejected:
+        reply = await self._shard(cart_id).add_item.remote(cart_id, sku, name, unit_price, quantity)
+        return cast(CartView | Rejected, reply)
+
+    async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> CartView | Rejected:
+        reply = await self._shard(cart_id).set_quantity.remote(cart_id, sku, quantity)
+        return cast(CartView | Rejected, reply)
+
+    async def remove_item(self, cart_id: str, sku: str) -> CartView | Rejected:
+        reply = await self._shard(cart_id).remove_item.remote(cart_id, sku)
+        return cast(CartView | Rejected, reply)
+
+    async def apply_coupon(self, cart_id: str, code: str) -> CartView | Rejected:
+        reply = await self._shard(cart_id).apply_coupon.remote(cart_id, code)
+        return cast(CartView | Rejected, reply)
+
+    async def remove_coupon(self, cart_id: str) -> CartView:
+        return cast(CartView, await self._shard(cart_id).remove_coupon.remote(cart_id))
+
+    async def absorb(
+        self, cart_id: str, lines: tuple[CartViewLine, ...], coupon: str | None
+    ) -> CartView:
+        """Login merge, one command on the receiving cart's shard (durable when answered)."""
+        reply = await self._shard(cart_id).absorb.remote(cart_id, lines, coupon)
+        return cast(CartView, reply)
+
+    async def clear(self, cart_id: str) -> CartView:
+        """Empty the cart (lines and coupon), durably."""
+        return cast(CartView, await self._shard(cart_id).clear.remote(cart_id))
+
+    async def persist(self, cart_id: str) -> None:
+        await self._shard(cart_id).persist.remote(cart_id)
+
 
 class InventoryClient(_Client):
     """Stock: reservations (one call per shard for many lines), commits, releases, admin."""
+
+    def _shard(self, sku: str) -> Any:
+        return self.directory.get("inventory", sku)
+
+    def _by_shard(self, lines: tuple[LineHold, ...]) -> dict[str, tuple[LineHold, ...]]:
+        groups: dict[str, list[LineHold]] = {}
+        for line in lines:
+            groups.setdefault(self.directory.shard_for("inventory", line.sku), []).append(line)
+        return {name: tuple(group) for name, group in groups.items()}
+
+    async def get(self, sku: str) -> StockView | Rejected:
+        return cast(StockView | Rejected, await self._shard(sku).get.remote(sku))
+
+    async def set_on_hand(self, sku: str, on_hand: int) -> StockView | Rejected:
+        return cast(StockView | Rejected, await self._shard(sku).set_on_hand.remote(sku, on_hand))
+
+    async def adjust(self, sku: str, delta: int, reason: str) -> StockView | Rejected:
+        reply = await self._shard(sku).adjust.remote(sku, delta, reason)
+        return cast(StockView | Rejected, reply)
+
+    async def reserve(
+        self, sku: str, rid: str, quantity: int, ttl_s: int | None = None
+    ) -> StockView | Rejected:
+        reply = await self._shard(sku).reserve.remote(sku, rid, quantity, ttl_s)
+        return cast(StockView | Rejected, reply)
+
+    async def commit(self, sku: str, rid: str) -> StockView | Rejected:
+        return cast(StockView | Rejected, await self._shard(sku).commit.remote(sku, rid))
+
+    async def release(self, sku: str, rid: str) -> StockView | Rejected:
+        return cast(StockView | Rejected, await self._shard(sku).release.remote(sku, rid))
+
+    async def audit(self, sku: str) -> Audit:
+        return cast(Audit, await self._shard(sku).audit.remote(sku))
+
+    async def reserve_many(
+        self, order_id: str, lines: tuple[LineHold, ...], ttl_s: int | None = None
+    ) -> list[Held | Short]:
+        """One call per inventory shard involved, in parallel; each shard all-or-nothing."""
+        groups = self._by_shard(lines)
+        calls = [
+            self.directory.handle(name).reserve_many.remote(order_id, group, ttl_s)
+            for name, group in groups.items()
+        ]
+        return list(await asyncio.gather(*calls))
+
+    async def commit_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
+        groups = self._by_shard(lines)
+        calls = [self.directory.handle(n).commit_many.remote(g) for n, g in groups.items()]
+        return list(await asyncio.gather(*calls))
+
+    async def release_many(self, lines: tuple[LineHold, ...]) -> list[Done]:
+        groups = self._by_shard(lines)
+        calls = [self.directory.handle(n).release_many.remote(g) for n, g in groups.items()]
+        return list(await asyncio.gather(*calls))
+
+    async def return_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
+        groups = self._by_shard(lines)
+        calls = [self.directory.handle(n).return_many.remote(g) for n, g in groups.items()]
+        return list(await asyncio.gather(*calls))
 
 
 class SessionClient(_Client):
     """Refresh-token families and sessions of a user."""
 
+    def _shard(self, user_id: str) -> Any:
+        return self.directory.get("session", user_id)
+
+    async def open(
+        self, user_id: str, sid: str, refresh_hash: str, device: str, lifetime_ms: int
+    ) -> None:
+        await self._shard(user_id).open.remote(user_id, sid, refresh_hash, device, lifetime_ms)
+
+    async def rotate(
+        self, user_id: str, sid: str, presented_hash: str, new_hash: str
+    ) -> Rejected | None:
+        reply = await self._shard(user_id).rotate.remote(user_id, sid, presented_hash, new_hash)
+        return cast(Rejected | None, reply)
+
+    async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
+        return cast(bool, await self._shard(user_id).revoke.remote(user_id, sid, reason))
+
+    async def revoke_all(self, user_id: str, reason: str) -> list[str]:
+        return cast(list[str], await self._shard(user_id).revoke_all.remote(user_id, reason))
+
+    async def erase(self, user_id: str) -> None:
+        await self._shard(user_id).erase.remote(user_id)
+
+    async def active(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's active sessions (no token material)."""
+        return cast(list[dict[str, Any]], await self._shard(user_id).list.remote(user_id))
+
+    async def is_active(self, user_id: str, sid: str) -> bool:
+        return cast(bool, await self._shard(user_id).is_active.remote(user_id, sid))
+
 
 class OrderClient(_Client):
     """Checkout sagas and order reads and operations."""
+
+    def _shard(self, order_id: str) -> Any:
+        return self.directory.get("order", order_id)
+
+    async def checkout(
+        self, order_id: str, user_id: str, request_hash: str, request: dict[str, Any], cart_id: str
+    ) -> OrderReply | Rejected:
+        """Start (or join, or replay) the saga; answers within ``checkout_wait_s``."""
+        reply = await self._shard(order_id).checkout.remote(
+            order_id, user_id, request_hash, request, cart_id
+        )
+        return cast(OrderReply | Rejected, reply)
+
+    async def get(self, order_id: str) -> OrderReply | None:
+        return cast(OrderReply | None, await self._shard(order_id).get.remote(order_id))
+
+    async def cancel(self, order_id: str, user_id: str) -> OrderReply | Rejected:
+        reply = await self._shard(order_id).cancel.remote(order_id, user_id)
+        return cast(OrderReply | Rejected, reply)
+
+    async def operate(
+        self, order_id: str, action: str, note: str | None = None
+    ) -> OrderReply | Rejected:
+        reply = await self._shard(order_id).operate.remote(order_id, action, note)
+        return cast(OrderReply | Rejected, reply)
+
+    async def pix_paid(self, order_id: str, amount: int) -> PixSettled | Rejected:
+        reply = await self._shard(order_id).pix_paid.remote(order_id, amount)
+        return cast(PixSettled | Rejected, reply)
+
+    async def erase_personal(self, order_id: str) -> None:
+        await self._shard(order_id).erase_personal.remote(order_id)

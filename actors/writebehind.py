@@ -5,18 +5,23 @@ which events they produced, and when a flush is due. Time is passed in.
 ``Flusher`` is the async shell a shard actor runs: every ``interval_ms`` (or as
 soon as a batch fills) it writes the dirty rows and their events to the
 outbox in one transaction, then wakes the callers waiting on the durable
-path (group commit). A failed batch is put back and retried.
+path (group commit). A batch that fails because the database is away is put
+back and retried whole. A batch that fails on its data (a row PostgreSQL
+refuses, e.g. a NUL byte in a text) is retried row by row: the rows that still
+fail are quarantined (parked: kept dirty in memory, never flushed again until
+they change, counted in the stats), and the rest commit. One bad row never
+stalls a shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from actors.messages import now_ms
 from streams.events import Envelope, encode, topic_for
 
 log = logging.getLogger(__name__)
@@ -38,20 +43,55 @@ class Batch:
 
 
 class DirtyTracker:
-    """Pure bookkeeping of dirty keys and their pending events."""
+    """Pure bookkeeping of dirty keys and their pending events.
+
+    A parked (quarantined) key stays dirty (never evicted, never lost) but is
+    neither counted in ``len`` nor taken, until a new change marks it again.
+    """
 
     def __init__(self, batch_size: int, interval_ms: int) -> None:
         self.batch_size = batch_size
         self.interval_ms = interval_ms
         self._dirty: dict[str, _Dirty] = {}
+        self._parked: dict[str, _Dirty] = {}
 
     def __len__(self) -> int:
         return len(self._dirty)
 
     def is_dirty(self, key: str) -> bool:
-        return key in self._dirty
+        return key in self._dirty or key in self._parked
+
+    def is_parked(self, key: str) -> bool:
+        return key in self._parked
+
+    def parked(self) -> list[str]:
+        return list(self._parked)
+
+    def park(self, batch: Batch, key: str) -> bool:
+        """Quarantine ``key`` of a taken batch with its events (they failed on their data).
+
+        False when the key changed while it was being written: the change may
+        have repaired it, so it stays dirty (events first) and is tried again.
+        """
+        events = [e for e in batch.events if e.key == key]
+        entry = self._dirty.get(key)
+        if entry is not None:
+            entry.version = max(entry.version, batch.versions[key])
+            entry.since_ms = min(entry.since_ms, batch.oldest_ms)
+            entry.events[:0] = events
+            return False
+        self._parked[key] = _Dirty(batch.versions[key], batch.oldest_ms, events)
+        return True
 
     def mark(self, key: str, version: int, events: list[Envelope], now_ms: int) -> None:
+        parked = self._parked.pop(key, None)
+        if parked is not None:
+            # A new change may have repaired the row: try it again, events first.
+            parked.version = max(parked.version, version)
+            parked.events.extend(events)
+            parked.since_ms = now_ms
+            self._dirty[key] = parked
+            return
         entry = self._dirty.get(key)
         if entry is None:
             self._dirty[key] = _Dirty(version, now_ms, list(events))
@@ -120,8 +160,19 @@ async def insert_outbox(
     )
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+class RowQuarantined(RuntimeError):
+    """The change could not be persisted: PostgreSQL refuses its data; it is parked."""
+
+
+def refused_data(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the rows' data (not the database being away).
+
+    SQLSTATE classes 22 (data exception, e.g. a NUL byte in text) and 23
+    (integrity constraint), and client-side encoding errors (asyncpg's
+    ``DataError`` and ``UnicodeEncodeError`` are ``ValueError``s).
+    """
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    return sqlstate[:2] in ("22", "23") or isinstance(exc, ValueError | TypeError)
 
 
 class Flusher:
@@ -133,7 +184,7 @@ class Flusher:
         store: Store,
         acquire: Callable[[], Any],
         snapshot: Callable[[str], tuple[Any, int] | None],
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         topics: tuple[str, str] = ("agora", "events"),
     ) -> None:
@@ -152,6 +203,8 @@ class Flusher:
         self.committed_rows = 0
         self.committed_events = 0
         self.failed_batches = 0
+        self.split_batches = 0
+        self.quarantined_total = 0
         self.last_batch_size = 0
         self.last_flush_lag_ms = 0
         self.max_flush_lag_ms = 0
@@ -164,6 +217,9 @@ class Flusher:
     def durable(self, key: str, version: int) -> Awaitable[None]:
         """A future that completes once ``key`` at ``version`` (or newer) has committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.tracker.is_parked(key):
+            future.set_exception(RowQuarantined(f"row {key} could not be persisted"))
+            return future
         if not self.tracker.is_dirty(key) and self._inflight.get(key, -1) < version:
             future.set_result(None)
             return future
@@ -195,35 +251,106 @@ class Flusher:
                 log.exception("write-behind flush failed; retrying in %.2fs", backoff)
 
     async def flush_once(self) -> int:
-        """Write one batch in one transaction; returns the number of rows written."""
+        """Write one batch in one transaction; returns the number of rows written.
+
+        When PostgreSQL refuses the batch's data, its keys are written one by one
+        and those still refused are quarantined; any other failure puts the whole
+        batch back and raises (the loop backs off and retries).
+        """
         batch = self.tracker.take()
         if not batch.keys:
             return 0
-        rows = []
-        for key in batch.keys:
-            snap = self._snapshot(key)
-            if snap is not None:
-                rows.append((key, snap[0], snap[1]))
+        rows = self._rows(batch.keys)
         self._inflight.update(batch.versions)
         try:
-            async with self._acquire() as conn, conn.transaction():
-                await self._store.upsert(conn, rows)
-                await insert_outbox(conn, batch.events, *self._topics)
+            await self._write(rows, batch.events)
+        except Exception as exc:
+            if not refused_data(exc):
+                self.tracker.put_back(batch)
+                raise
+            if len(batch.keys) > 1:
+                return await self._one_by_one(batch)
+            self._quarantine(batch, batch.keys[0], exc)
+            return 0
         except BaseException:
             self.tracker.put_back(batch)
             raise
         finally:
             for key in batch.keys:
                 self._inflight.pop(key, None)
+        self._committed(batch, len(rows))
+        return len(rows)
+
+    def _rows(self, keys: list[str]) -> list[tuple[str, Any, int]]:
+        rows = []
+        for key in keys:
+            snap = self._snapshot(key)
+            if snap is not None:
+                rows.append((key, snap[0], snap[1]))
+        return rows
+
+    async def _write(self, rows: list[tuple[str, Any, int]], events: list[Envelope]) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            await self._store.upsert(conn, rows)
+            await insert_outbox(conn, events, *self._topics)
+
+    async def _one_by_one(self, batch: Batch) -> int:
+        """A batch refused on its data: each key alone; quarantine those still refused."""
+        self.split_batches += 1
+        written = 0
+        for i, key in enumerate(batch.keys):
+            single = Batch(
+                [key],
+                {key: batch.versions[key]},
+                [e for e in batch.events if e.key == key],
+                batch.oldest_ms,
+            )
+            rows = self._rows([key])
+            try:
+                await self._write(rows, single.events)
+            except Exception as exc:
+                if not refused_data(exc):
+                    rest = batch.keys[i:]
+                    self.tracker.put_back(
+                        Batch(
+                            rest,
+                            {k: batch.versions[k] for k in rest},
+                            [e for e in batch.events if e.key in rest],
+                            batch.oldest_ms,
+                        )
+                    )
+                    raise
+                self._quarantine(single, key, exc)
+                continue
+            written += len(rows)
+            self._committed(single, len(rows))
+        return written
+
+    def _quarantine(self, batch: Batch, key: str, exc: Exception) -> None:
+        """Park ``key`` (taken from the tracker) and fail its durable waiters."""
+        if not self.tracker.park(batch, key):
+            return
+        self.quarantined_total += 1
+        # Never the exception's text: it may quote the row (personal data).
+        log.error(
+            "write-behind: row %s quarantined (%s, sqlstate %s); the others keep flushing",
+            key,
+            type(exc).__name__,
+            getattr(exc, "sqlstate", None),
+        )
+        for _version, future in self._waiters.pop(key, []):
+            if not future.done():
+                future.set_exception(RowQuarantined(f"row {key} could not be persisted"))
+
+    def _committed(self, batch: Batch, rows: int) -> None:
         now = self._clock()
         self.committed_batches += 1
-        self.committed_rows += len(rows)
+        self.committed_rows += rows
         self.committed_events += len(batch.events)
-        self.last_batch_size = len(rows)
+        self.last_batch_size = rows
         self.last_flush_lag_ms = now - batch.oldest_ms
         self.max_flush_lag_ms = max(self.max_flush_lag_ms, self.last_flush_lag_ms)
         self._resolve(batch.versions)
-        return len(rows)
 
     def _resolve(self, versions: dict[str, int]) -> None:
         for key, version in versions.items():
@@ -258,6 +385,9 @@ class Flusher:
             "committed_rows": self.committed_rows,
             "committed_events": self.committed_events,
             "failed_batches": self.failed_batches,
+            "split_batches": self.split_batches,
+            "quarantined_rows": len(self.tracker.parked()),
+            "quarantined_total": self.quarantined_total,
             "last_batch_size": self.last_batch_size,
             "last_flush_lag_ms": self.last_flush_lag_ms,
             "max_flush_lag_ms": self.max_flush_lag_ms,

@@ -9,16 +9,20 @@ never import this module.
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
 from actors.cart.actor import CartShard
 from actors.directory import Directory
 from actors.inventory.actor import InventoryShard
+from actors.messages import now_ms
 from actors.order.actor import OrderShard
+from actors.order.ports import Ports
 from actors.session.actor import SessionShard
 from actors.shard import ShardEnv
 from actors.writebehind import Store
+from cluster.adapters.order_ports import order_ports
 from cluster.adapters.postgres import DocumentStore, InventoryStore, OrderStore
 from cluster.db import create_pool
 from cluster.services import service_urls
@@ -40,15 +44,32 @@ def shard_env(name: str, *, kind: str | None = None, settings: Settings | None =
     settings = settings or get_settings()
     kind = kind or name.split(":")[1]
 
-    async def open_pool() -> Any:
-        return await create_pool(service_urls(settings).database, max_size=2)
+    pool: list[Any] = []
+    pool_lock = asyncio.Lock()
 
+    async def open_pool() -> Any:
+        """The shard's one pool, opened on first use (the shell and its ports share it)."""
+        async with pool_lock:
+            if not pool:
+                size = 6 if kind == "order" else 2
+                pool.append(await create_pool(service_urls(settings).database, max_size=size))
+        return pool[0]
+
+    if kind != "order":
+        return ShardEnv(settings=settings, store=_store(kind), open_pool=open_pool)
+    directory = shard_directory(settings)
     return ShardEnv(
         settings=settings,
         store=_store(kind),
         open_pool=open_pool,
-        directory=shard_directory(settings) if kind == "order" else None,
+        directory=directory,
+        ports=saga_ports(settings, open_pool, directory),
     )
+
+
+def saga_ports(settings: Settings, open_pool: Any, directory: Directory) -> Ports:
+    """The order saga's ports (carts, stock, pricing, fraud, payments), once per shard process."""
+    return order_ports(settings, open_pool, directory, now_ms, service_urls(settings))
 
 
 def env_for(kind: str, settings: Settings) -> Any:

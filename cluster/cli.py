@@ -1,22 +1,38 @@
-"""The ``agora`` command line: up, down, status, migrate."""
+"""The ``agora`` command line: up, down, status, migrate, admin, keys.
+
+The Serve application is deployed by its import path (``SERVE_APP``), as
+``serve run serve.app:app`` or a Serve config file would, so the cluster layer
+never imports the HTTP layer. ``rayenv`` is imported first: Ray reads its auth
+settings when it is first imported.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import importlib
 import json
 import logging
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from cluster import infra
+from actors.session.passwords import PasswordHasher, check_password, normalise_email
+from cluster import db, infra, rayenv
+from cluster.adapters import signing_keys
+from cluster.bootstrap import shard_directory
+from cluster.seed import seed_catalog
+from cluster.services import ensure_cart_token_secret, service_urls
 from cluster.settings import Settings, get_settings
+from streams.events import uuid7
+from streams.outbox import RelayConfig, get_or_create_relay, relay_actor_name
 
 SHARD_KINDS = ("cart", "session", "inventory", "order")
+SERVE_APP = "serve.app:app"
 
 
 def _say(message: str) -> None:
@@ -24,14 +40,10 @@ def _say(message: str) -> None:
 
 
 async def _migrate_and_seed(database_url: str, products: int) -> tuple[list[int], int]:
-    from cluster.db import connect, migrate
-    from cluster.seed import seed_catalog
-    from serve.auth import keys
-
-    conn = await connect(database_url)
+    conn = await db.connect(database_url)
     try:
-        applied = await migrate(conn)
-        await keys.ensure_key(conn)
+        applied = await db.migrate(conn)
+        await signing_keys.ensure_key(conn)
         seeded = await seed_catalog(conn, products) if products else 0
     finally:
         await conn.close()
@@ -40,8 +52,6 @@ async def _migrate_and_seed(database_url: str, products: int) -> tuple[list[int]
 
 def connect_ray(settings: Settings) -> None:
     """Connect this process to our Ray head (token auth, our namespace)."""
-    # Ray reads its auth settings when it is first imported: set them before.
-    os.environ.update(infra.ray_env(settings))
     import ray
 
     if not ray.is_initialized():
@@ -71,8 +81,6 @@ def _wait_ready(settings: Settings, timeout: float) -> None:
 
 
 def up(settings: Settings) -> None:
-    from cluster.services import ensure_cart_token_secret
-
     started = time.monotonic()
     urls = infra.start_services(settings)
     ensure_cart_token_secret(settings)
@@ -84,7 +92,7 @@ def up(settings: Settings) -> None:
         _say(f"demo catalog seeded: {seeded} products")
     infra.start_ray(settings, {"AGORA_VAR_DIR": str(settings.var_dir)})
     connect_ray(settings)
-    deploy(settings)
+    deploy(settings, urls)
     _wait_ready(settings, timeout=120)
     base = f"http://{settings.http_host}:{settings.http_port}"
     _say(f"Agora is up in {time.monotonic() - started:.1f}s")
@@ -94,22 +102,36 @@ def up(settings: Settings) -> None:
     _say(f"  ray      {infra.ray_address(settings)} (namespace {settings.ray_namespace})")
 
 
-def deploy(settings: Settings) -> None:
+def application(import_path: str = SERVE_APP) -> Any:
+    """The Serve application at ``module:attribute`` (an application, or a builder of one)."""
+    from ray.serve import Application
+
+    module, _, attribute = import_path.partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    return target if isinstance(target, Application) else target()
+
+
+def relay_config(settings: Settings, urls: dict[str, str]) -> RelayConfig:
+    return RelayConfig(
+        database_url=urls["database"],
+        pulsar_url=urls["pulsar"],
+        poll_ms=settings.outbox_poll_ms,
+        batch_size=settings.outbox_batch_size,
+    )
+
+
+def deploy(settings: Settings, urls: dict[str, str]) -> None:
     """Create the shard actors and the outbox relay, then deploy the Serve application."""
     import ray
     from ray import serve
 
-    from serve.app import build_app
-    from serve.runtime import shard_directory
-    from streams.outbox import get_or_create_relay
-
     directory = shard_directory(settings)
     shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
     ray.get([h.ping.remote() for h in shards], timeout=120)
-    relay = get_or_create_relay(settings.ray_namespace)
+    relay = get_or_create_relay(settings.ray_namespace, relay_config(settings, urls))
     ray.get(relay.health.remote(), timeout=60)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build_app(), name="agora", route_prefix="/")
+    serve.run(application(), name="agora", route_prefix="/")
 
 
 def down(settings: Settings) -> None:
@@ -128,9 +150,6 @@ def down(settings: Settings) -> None:
 def _drain(settings: Settings) -> None:
     """Final flush of every shard and the outbox before the processes go."""
     import ray
-
-    from serve.runtime import shard_directory
-    from streams.outbox import relay_actor_name
 
     directory = shard_directory(settings)
     shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
@@ -156,8 +175,7 @@ def status(settings: Settings) -> int:
         print(json.dumps(report, indent=2))
         return 1
     import ray
-
-    from serve.runtime import shard_directory
+    from ray import serve
 
     connect_ray(settings)
     directory = shard_directory(settings)
@@ -172,16 +190,12 @@ def status(settings: Settings) -> int:
         {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"]}
         for n in ray.nodes()
     ]
-    from ray import serve
-
     report["serve"] = {name: str(app.status) for name, app in serve.status().applications.items()}
     print(json.dumps(report, indent=2, default=str))
     return 0
 
 
 def _redact(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -190,21 +204,15 @@ def _redact(url: str) -> str:
 
 
 def migrate(settings: Settings) -> None:
-    from cluster.services import service_urls
-
     applied, _ = asyncio.run(_migrate_and_seed(service_urls(settings).database, 0))
     _say(f"migrations applied: {applied or 'none (up to date)'}")
 
 
 async def _create_admin(database_url: str, email: str, password: str, name: str) -> str:
-    from cluster.db import connect
-    from serve.auth.passwords import PasswordHasher, check_password, normalise_email
-    from streams.events import uuid7
-
     normalised = normalise_email(email)
     if normalised is None:
         raise SystemExit("not a valid email address")
-    conn = await connect(database_url)
+    conn = await db.connect(database_url)
     try:
         existing = await conn.fetchval(
             "SELECT user_id FROM users WHERE email = $1 AND erased_at IS NULL", normalised
@@ -223,8 +231,11 @@ async def _create_admin(database_url: str, email: str, password: str, name: str)
         await conn.execute(
             "INSERT INTO users (user_id, email, name, password_hash, roles)"
             " VALUES ($1, $2, $3, $4, ARRAY['shopper', 'admin'])",
-            user_id, normalised, name, PasswordHasher().hash(password),
-        )  # fmt: skip
+            user_id,
+            normalised,
+            name,
+            PasswordHasher().hash(password),
+        )
         return f"created admin {user_id}"
     finally:
         await conn.close()
@@ -232,27 +243,19 @@ async def _create_admin(database_url: str, email: str, password: str, name: str)
 
 def admin_create(settings: Settings, email: str, password_stdin: bool, name: str) -> None:
     """Create an admin, or promote an existing account; the password comes from stdin only."""
-    from cluster.services import service_urls
-
     password = ""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif sys.stdin.isatty():
-        import getpass
-
         password = getpass.getpass("password: ")
     _say(asyncio.run(_create_admin(service_urls(settings).database, email, password, name)))
 
 
 def keys_rotate(settings: Settings) -> None:
-    from cluster.db import connect
-    from cluster.services import service_urls
-    from serve.auth import keys
-
     async def run() -> str:
-        conn = await connect(service_urls(settings).database)
+        conn = await db.connect(service_urls(settings).database)
         try:
-            return await keys.rotate(conn)
+            return await signing_keys.rotate(conn)
         finally:
             await conn.close()
 
@@ -282,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     keys_parser.add_parser("rotate", help="add a new signing key; the old one keeps verifying")
     args = parser.parse_args(argv)
     settings = get_settings()
-    # Ray reads its auth settings when first imported, and several commands
-    # import modules that import Ray: set them before anything else.
-    infra.ensure_dirs(settings)
-    os.environ.update(infra.ray_env(settings))
+    rayenv.apply()
     if args.command == "up":
         up(settings)
     elif args.command == "down":

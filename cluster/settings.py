@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     http_port: int = 8000
     api_replicas: int = 1
     haproxy: bool = True
+    # A request still unanswered after this long answers 503 problem+json (server-side deadline).
+    request_deadline_s: float = 10.0
 
     # Shards and write-behind
     cart_shards: int = 4
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
     order_shards: int = 4
     fraud_review_score: int = 50
     fraud_block_score: int = 80
+    saga_step_deadline_s: float = 20.0  # a step before the charge gives up after this
+    checkout_wait_s: float = 8.0  # then POST /v1/checkout answers 202 + Location
 
     # Identity
     session_shards: int = 4

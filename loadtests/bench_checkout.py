@@ -27,8 +27,14 @@ import aiohttp
 from loadtests.stock import bench_products
 
 BASE = "http://127.0.0.1:8000"
-ADDRESS = {"name": "Bench", "line1": "Rua A, 1", "city": "São Paulo", "state": "SP",
-           "postal_code": "01310-100", "country": "BR"}  # fmt: skip
+ADDRESS = {
+    "name": "Bench",
+    "line1": "Rua A, 1",
+    "city": "São Paulo",
+    "state": "SP",
+    "postal_code": "01310-100",
+    "country": "BR",
+}
 
 
 async def shopper(session: aiohttp.ClientSession) -> dict[str, str]:
@@ -36,20 +42,23 @@ async def shopper(session: aiohttp.ClientSession) -> dict[str, str]:
     async with session.post(
         f"{BASE}/v1/auth/register", json={"email": email, "password": password, "name": "B"}
     ) as r:
-        assert r.status == 201, await r.text()  # fmt: skip
+        assert r.status == 201, await r.text()
     async with session.post(
         f"{BASE}/v1/auth/token",
         data={"grant_type": "password", "username": email, "password": password},
     ) as r:
-        body = await r.json()  # fmt: skip
+        body = await r.json()
     return {"Authorization": f"Bearer {body['access_token']}"}
 
 
 def summary(values: list[float], seconds: float) -> str:
     if not values:
         return "| - | - | - | - |"
-    cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else [
-        values[0]] * 99  # fmt: skip
+    cuts = (
+        statistics.quantiles(values, n=100, method="inclusive")
+        if len(values) > 1
+        else [values[0]] * 99
+    )
     return f"| {len(values) / seconds:.1f} | {cuts[49]:.1f} | {cuts[94]:.1f} | {cuts[98]:.1f} |"
 
 
@@ -80,16 +89,20 @@ async def run(levels: list[int], seconds: float) -> None:
                         i += 1
                         if scenario == "checkout":
                             sku = skus[(w * 7 + i) % len(skus)]
-                            async with session.post(f"{BASE}/v1/cart/items", headers=headers,
-                                                    json={"sku": sku}) as r:  # fmt: skip
+                            async with session.post(
+                                f"{BASE}/v1/cart/items", headers=headers, json={"sku": sku}
+                            ) as r:
                                 await r.read()
                             start = time.perf_counter()
                             async with session.post(
                                 f"{BASE}/v1/checkout",
                                 headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
-                                json={"shipping_address": ADDRESS, "shipping_method": "standard",
-                                      "payment": {"method": "card", "token": "pm_card_visa"}},
-                            ) as r:  # fmt: skip
+                                json={
+                                    "shipping_address": ADDRESS,
+                                    "shipping_method": "standard",
+                                    "payment": {"method": "card", "token": "pm_card_visa"},
+                                },
+                            ) as r:
                                 await r.read()
                                 status = r.status
                         else:

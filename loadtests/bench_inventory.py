@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 
+from actors.messages import Rejected
 from cluster import infra
 from cluster.settings import get_settings
 from loadtests.stock import bench_products
@@ -37,7 +38,7 @@ async def _drive(shard, skus: list[str], concurrency: int, seconds: float) -> tu
             start = time.perf_counter()
             reply = await shard.reserve.remote(sku, uuid.uuid4().hex, 1, 3600)
             latencies.append((time.perf_counter() - start) * 1000)
-            if reply["ok"]:
+            if not isinstance(reply, Rejected):
                 done += 1
             i += concurrency
 
@@ -58,8 +59,12 @@ async def main(seconds: float, concurrency: int, rounds: int) -> None:
     from actors.inventory.actor import InventoryShard
     from cluster.bootstrap import env_for
 
-    ray.init(address=infra.ray_address(settings), namespace=settings.ray_namespace,
-             logging_level="ERROR", log_to_driver=False)  # fmt: skip
+    ray.init(
+        address=infra.ray_address(settings),
+        namespace=settings.ray_namespace,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     skus = await bench_products("BNC", 256, price=100)
     variants = {
         "group commit (50 ms, batch 500)": settings,
@@ -79,16 +84,20 @@ async def main(seconds: float, concurrency: int, rounds: int) -> None:
             totals[label][0] += done
             totals[label][1] += seconds
             totals[label][2] += lat
-    print(f"# inventory reservations, one shard, {concurrency} concurrent callers, "
-          f"{rounds} x {seconds:g} s each, {os.cpu_count()} cores\n")  # fmt: skip
+    print(
+        f"# inventory reservations, one shard, {concurrency} concurrent callers, "
+        f"{rounds} x {seconds:g} s each, {os.cpu_count()} cores\n"
+    )
     print("| variant | reservations/s | p50 ms | p95 ms | ratio |")
     print("|---|---:|---:|---:|---:|")
     base = None
     for label, (done, secs, lat) in reversed(list(totals.items())):
         rate = done / secs
         base = base or rate
-        print(f"| {label} | {rate:.0f} | {_p(lat, 0.5):.1f} | {_p(lat, 0.95):.1f} | "
-              f"{rate / base:.2f} |")  # fmt: skip
+        print(
+            f"| {label} | {rate:.0f} | {_p(lat, 0.5):.1f} | {_p(lat, 0.95):.1f} | "
+            f"{rate / base:.2f} |"
+        )
     for shard in shards.values():
         ray.kill(shard, no_restart=True)
 

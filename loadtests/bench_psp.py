@@ -90,9 +90,16 @@ class Candidate:
 def _localstripe(mode: str, state: str) -> Callable[[int, Path], list[str]]:
     def command(port: int, tmp: Path) -> list[str]:
         return [
-            sys.executable, "-m", "cluster.localstripe_server",
-            "--port", str(port), "--state", str(tmp / f"{state}.pickle"), "--persist", mode,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "cluster.localstripe_server",
+            "--port",
+            str(port),
+            "--state",
+            str(tmp / f"{state}.pickle"),
+            "--persist",
+            mode,
+        ]
 
     return command
 
@@ -121,8 +128,10 @@ with open(path, "wb") as f:
 def preload(path: Path, count: int) -> None:
     subprocess.run(
         [sys.executable, "-c", _PRELOAD, str(count), str(path)],
-        cwd=REPO, check=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        check=True,
+        timeout=120,
+    )
 
 
 def _mock_command(port: int, tmp: Path) -> list[str]:
@@ -153,8 +162,12 @@ def _ensure_mock(install: bool) -> str | None:
     print(f"installing {MOCK_PACKAGE} under {NPM_DIR} ...", flush=True)
     done = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", MOCK_PACKAGE],
-        cwd=NPM_DIR, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        cwd=NPM_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     if done.returncode != 0:
         return f"npm install failed: {done.stderr.strip()[-300:]}"
     return None
@@ -228,9 +241,13 @@ def start(cand: Candidate, tmp: Path) -> None:
     with cand.log_path.open("wb") as log:
         cand.proc = subprocess.Popen(
             cand.command(cand.port, tmp),
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_tcp(cand.port, cand.proc, 20)
     except Exception:

@@ -1,7 +1,7 @@
 """The HTTP API: one Ray Serve deployment (``Api``) with a FastAPI ingress.
 
 The routes live in one router module per concern (``serve.routers.*``,
-``serve.auth.routes``, ``serve.orders``); this module assembles them, installs
+``serve.routers.auth``); this module assembles them, installs
 problem+json errors and the middleware, and declares the deployment. No
 ``from __future__ import annotations``: FastAPI must see real annotations.
 """
@@ -13,13 +13,14 @@ from ray import serve
 
 from cluster.settings import get_settings
 from serve import problems
-from serve.auth.routes import router as auth_router
 from serve.middleware import Guard
-from serve.orders import router as orders_router
 from serve.routers.admin import router as admin_router
+from serve.routers.auth import router as auth_router
 from serve.routers.cart import router as cart_router
 from serve.routers.catalog import router as catalog_router
+from serve.routers.checkout import router as checkout_router
 from serve.routers.health import router as health_router
+from serve.routers.orders import router as orders_router
 from serve.runtime import runtime
 
 api = FastAPI(
@@ -33,6 +34,7 @@ for router in (
     health_router,
     catalog_router,
     cart_router,
+    checkout_router,
     orders_router,
     auth_router,
     admin_router,

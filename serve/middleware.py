@@ -1,10 +1,19 @@
-"""ASGI middleware of the API: body size limit, the per-client-IP API rate limit, request metrics.
+"""ASGI middleware of the API: the edge checks every request passes before a route runs.
+
+Body size limit; no control characters in the path, the query or a header
+(PostgreSQL refuses NUL, and nothing else needs them); the per-client-IP API
+rate limit; a server-side deadline (``request_deadline_s``: a request still
+unanswered then gets a 503 problem with Retry-After, so a stalled dependency
+never holds clients forever); request metrics.
 
 No ``from __future__ import annotations``: kept like the routers for uniformity.
 """
 
+import asyncio
+import re
 import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +42,20 @@ def request_ip(request: Request) -> str:
 
 
 MAX_BODY = 64 * 1024
+_UNSAFE_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def unsafe_part(scope: dict[str, Any]) -> str | None:
+    """Where a control character hides in the path, the query or a header (None: nowhere)."""
+    if _UNSAFE_PATH.search(scope.get("path", "")):
+        return "path"
+    if _UNSAFE_BYTES.search(unquote_to_bytes(scope.get("query_string", b""))):
+        return "query"
+    for key, value in scope.get("headers", []):
+        if _UNSAFE_BYTES.search(value):
+            return f"header.{key.decode('latin-1')}"
+    return None
 
 
 class Guard:
@@ -52,10 +75,21 @@ class Guard:
                 )
                 await response(scope, receive, send)
                 return
+        where = unsafe_part(scope)
+        if where is not None:
+            response = problems.problem_response(
+                422,
+                "validation",
+                "The request has invalid fields.",
+                errors=[{"field": where, "message": "must not contain control characters"}],
+            )
+            await response(scope, receive, send)
+            return
         if scope["path"].startswith("/v1/") and not await _within_api_limit(scope):
             return await _too_many(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        started = late = False
         received = 0
 
         async def counted_receive() -> dict[str, Any]:
@@ -71,18 +105,52 @@ class Guard:
             return dict(message)
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, started
+            if late:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
             await send(message)
 
+        # The route runs in its own task: past the deadline we answer at once and
+        # cancel it without waiting, since unwinding may itself wait on the stalled
+        # dependency (asyncpg shields a connection's release).
+        work = asyncio.ensure_future(self.app(scope, counted_receive, send_wrapper))
         try:
-            await self.app(scope, counted_receive, send_wrapper)
+            done, _pending = await asyncio.wait(
+                {work}, timeout=runtime().settings.request_deadline_s
+            )
+            if work in done:
+                work.result()
+                return
+            late = True
+            work.cancel()
+            work.add_done_callback(_forget)
+            if started:
+                return
+            status = 503
+            response = problems.problem_response(
+                503,
+                "unavailable",
+                "The request took too long on our side; retry shortly.",
+                {"Retry-After": str(problems.RETRY_AFTER_S)},
+            )
+            await response(scope, receive, send)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             REQUESTS.labels(scope["method"], path, str(status)).inc()
             LATENCY.labels(path).observe(time.perf_counter() - start)
+
+
+def _forget(work: "asyncio.Future[None]") -> None:
+    """Retrieve a cancelled late route's outcome so it is not reported as never retrieved."""
+    if not work.cancelled():
+        work.exception()
 
 
 async def _within_api_limit(scope: dict[str, Any]) -> bool:

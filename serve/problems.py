@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -70,6 +72,7 @@ STATUS: dict[str, int] = {
     "not-in-cart": 404,
     "quantity-limit": 422,
     "cart-full": 422,
+    "invalid-coupon-code": 422,
     # stock
     "unknown-sku": 404,
     "below-reserved": 409,
@@ -85,7 +88,48 @@ STATUS: dict[str, int] = {
     "empty-cart": 422,
     "reservation-expired": 409,
     "payment-expired": 409,
+    "idempotency-key-reused": 422,
+    "amount-mismatch": 422,
+    "unknown-reservation": 409,
+    "coupon-exhausted": 422,
+    "coupon-user-limit": 422,
+    "pricing-unavailable": 503,
+    "fraud-unavailable": 503,
+    "stock-unavailable": 503,
+    "coupon-unavailable": 503,
+    "payment-unavailable": 503,
 }
+
+
+# What a dependency that is down or too slow raises (PostgreSQL, Redis, a socket, a
+# pool or call timeout): the API answers 503 with Retry-After, never 500.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+RETRY_AFTER_S = 5
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) means a dependency is down, not a bug."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, UNAVAILABLE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def unavailable(detail: str = "A service we depend on is unavailable; retry shortly.") -> Problem:
+    """A 503 telling the client when to retry."""
+    return Problem(503, "unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def rejected(rejection: Rejected, **extra: Any) -> Problem:
@@ -152,8 +196,16 @@ def install(app: FastAPI) -> None:
             detail = "This method is not allowed on this resource."
         return problem_response(exc.status_code, None, detail, getattr(exc, "headers", None))
 
+    async def _unavailable(request: Request, _exc: Exception) -> JSONResponse:
+        return await _problem(request, unavailable())
+
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_unavailable(exc):
+            return await _problem(request, unavailable())
         return problem_response(500, "internal", "Something went wrong on our side.")
 
 
@@ -164,7 +216,6 @@ async def actor_call(ref: Any, what: str = "This service") -> Any:
     try:
         return await ref
     except RayActorError as exc:
-        raise Problem(
-            503, "unavailable", f"{what} is restarting; retry shortly.",
-            headers={"Retry-After": "1"},
-        ) from exc  # fmt: skip
+        problem = unavailable(f"{what} is restarting; retry shortly.")
+        problem.headers = {"Retry-After": "1"}
+        raise problem from exc

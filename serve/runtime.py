@@ -1,4 +1,9 @@
-"""Bootstrap of one API replica: the adapters it talks to, built once from settings."""
+"""Bootstrap of one API replica: the adapters it talks to, built once from settings.
+
+``ready()`` connects on first use and fills the replica's in-memory catalog
+(``serve.catalog_state``): it starts the event readers first, then loads from
+PostgreSQL, so no change published after the load is missed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,22 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+import redis.asyncio as aioredis
+
+from actors.clients import CartClient
 from cluster.bootstrap import shard_directory
+from cluster.db import create_pool
+from cluster.services import cart_token_secret, service_urls
 from cluster.settings import Settings, get_settings
+from serve.auth import keys
+from serve.auth.tokens import TokenIssuer, TokenVerifier, jwks
 from serve.carttoken import CartTokens
+from serve.catalog_state import TOPIC_EVENTS, CatalogState
+from serve.ratelimit import RateLimiter
+from streams.events import topic_for
+from streams.follow import Follower
+
+FOLLOW_CONNECT_S = 5.0
 
 _RUNTIME: Runtime | None = None
 
@@ -51,6 +69,9 @@ class Runtime:
         self.redis: Any = None
         self.urls: Any = None
         self.directory = shard_directory(settings)
+        self.carts = CartClient(self.directory)
+        self.catalog: CatalogState | None = None
+        self.follower: Follower | None = None
         self.tokens: CartTokens | None = None
         self.limiter: Any = None
         self.issuer: Any = None
@@ -58,28 +79,45 @@ class Runtime:
         self.jwks: dict[str, Any] = {"keys": []}
         self._keys_loaded_at = 0.0
         self._keys_lock = asyncio.Lock()
-        self.products = TTLCache(ttl_s=2.0)
         self.facets = TTLCache(ttl_s=30.0, max_items=1000)
         self._lock = asyncio.Lock()
 
     async def ready(self) -> Runtime:
-        if self.pool is not None:
+        if self.catalog is not None:
             return self
         async with self._lock:
             if self.pool is None:
-                import redis.asyncio as aioredis
-
-                from cluster.db import create_pool
-                from cluster.services import cart_token_secret, service_urls
-
                 self.urls = service_urls(self.settings)
                 self.tokens = CartTokens(cart_token_secret(self.settings))
                 self.redis = aioredis.from_url(self.urls.redis, socket_timeout=1.0)
-                from serve.ratelimit import RateLimiter
-
                 self.limiter = RateLimiter(self.redis, secret=cart_token_secret(self.settings))
                 self.pool = await create_pool(self.urls.database, min_size=2, max_size=8)
+            if self.catalog is None:
+                await self._warm_catalog()
         return self
+
+    async def _warm_catalog(self) -> None:
+        """Readers on the catalog's topics first, then the start-up load from PostgreSQL."""
+        catalog = CatalogState(self.pool)
+        if self.follower is None:
+            s = self.settings
+            topics = sorted(
+                {topic_for(e.name, s.events_tenant, s.events_namespace) for e in TOPIC_EVENTS}
+            )
+            loop = asyncio.get_running_loop()
+            self.follower = Follower(self.urls.pulsar, topics, self._on_event, self._on_gap, loop)
+            self.follower.start()
+            await loop.run_in_executor(None, self.follower.wait_connected, FOLLOW_CONNECT_S)
+        await catalog.warm()
+        self.catalog = catalog
+
+    def _on_event(self, event: Any) -> None:
+        if self.catalog is not None:
+            self.catalog.on_event(event)
+
+    def _on_gap(self) -> None:
+        if self.catalog is not None:
+            self.catalog.on_gap()
 
     async def keys(self, force: bool = False) -> Runtime:
         """Signing and verification keys, reloaded every ``signing_key_cache_s``."""
@@ -90,9 +128,6 @@ class Runtime:
         async with self._keys_lock:
             if self.verifier is not None and time.monotonic() - self._keys_loaded_at < 1.0:
                 return self
-            from serve.auth import keys
-            from serve.auth.tokens import TokenIssuer, TokenVerifier, jwks
-
             s = self.settings
             async with self.pool.acquire() as conn:
                 signing, verifying = await keys.load(

@@ -1,16 +1,54 @@
-"""Input and output schemas of the HTTP API (inputs forbid unknown fields)."""
+"""Input and output schemas of the HTTP API (inputs forbid unknown fields).
+
+``Input`` is the one base of every request body: unknown fields are refused,
+types are strict, and no string anywhere in it (nested values and mapping keys
+included) may hold a C0 control character other than tab, newline and carriage
+return, or a lone surrogate. PostgreSQL refuses NUL in text and jsonb, and a
+value it refuses must be stopped here, not in a write-behind batch.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Sku = Annotated[str, Field(pattern=r"^[A-Z0-9][A-Z0-9-]{0,31}$", examples=["ELE-000123"])]
 
 
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+UNSAFE_TEXT = "must not contain control characters (other than tab and newline)"
+
+
+def safe_text(value: str) -> bool:
+    """No C0 control character but tab, LF and CR, and no lone surrogate."""
+    return _UNSAFE.search(value) is None
+
+
+def _check_text(value: Any) -> Any:
+    if isinstance(value, str):
+        if not safe_text(value):
+            raise ValueError(UNSAFE_TEXT)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _check_text(item)
+    return value
+
+
 class Input(BaseModel):
+    """The base of every request body."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        return _check_text(value)
 
 
 class AddItem(Input):

@@ -78,6 +78,13 @@ AUTH_REFRESH_REUSED = _declare("auth.refresh_reused", 1, "auth")
 AUTH_SESSION_REVOKED = _declare("auth.session_revoked", 1, "auth")
 AUTH_MFA_ENABLED = _declare("auth.mfa_enabled", 1, "auth")
 
+# Spine v2: the coupon is part of the cart; replicas hold pricing and products in memory.
+CART_COUPON_APPLIED = _declare("cart.coupon_applied", 1, "carts")
+CART_COUPON_REMOVED = _declare("cart.coupon_removed", 1, "carts")
+CART_ABSORBED = _declare("cart.absorbed", 1, "carts")
+PRICING_CHANGED = _declare("pricing.changed", 1, "pricing")
+PRODUCT_UPDATED = _declare("product.updated", 1, "catalog")
+
 
 def topic_for(event_type: str, tenant: str = "agora", namespace: str = "events") -> str:
     """The topic of an event type under ``tenant``/``namespace`` (settings, passed in)."""

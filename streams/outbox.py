@@ -10,6 +10,10 @@ publishes those rows again, and consumers dedupe by event id.
 One relay (``agora:outbox:0``) keeps per-key order. Several relays on the
 same table are safe (no row is lost or claimed twice at once) but can
 interleave the batches of one key.
+
+The relay imports nothing of ours but ``streams``: whoever starts it (the
+``agora`` command line) passes the database and broker addresses and the
+batching knobs in a ``RelayConfig``. Topics are already in the rows.
 """
 
 from __future__ import annotations
@@ -19,15 +23,13 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import asyncpg
 import pulsar
 import ray
-
-from cluster.services import service_urls
-from cluster.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,16 @@ FOR UPDATE SKIP LOCKED
 """
 _MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])"
 _COUNT_PENDING = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Where the relay reads (PostgreSQL) and writes (Pulsar), and how it batches."""
+
+    database_url: str
+    pulsar_url: str
+    poll_ms: int = 50
+    batch_size: int = 500
 
 
 class OutboxPublishError(RuntimeError):
@@ -166,16 +178,8 @@ async def publish_pending(pool: asyncpg.Pool, producer_for: ProducerFor, batch_s
 class OutboxRelay:
     """Publishes the outbox forever: one background task, restarted with the actor."""
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        database_url: str | None = None,
-        pulsar_url: str | None = None,
-    ) -> None:
-        self._settings = settings or get_settings()
-        self._database_url = database_url or self._settings.database_url
-        self._pulsar_url = pulsar_url or self._settings.pulsar_url
+    def __init__(self, config: RelayConfig) -> None:
+        self._config = config
         self._pool: asyncpg.Pool | None = None
         self._client: pulsar.Client | None = None
         self._producers: dict[str, pulsar.Producer] = {}
@@ -236,7 +240,7 @@ class OutboxRelay:
             # Rows still unsent here are claimed by the background loop or another relay.
             if await self._pool.fetchval(_COUNT_PENDING) == 0 or loop.time() >= deadline:
                 return drained
-            await asyncio.sleep(self._settings.outbox_poll_ms / 1000)
+            await asyncio.sleep(self._config.poll_ms / 1000)
 
     async def stop(self) -> None:
         """Stop publishing, flush and close the producers, the Pulsar client and the pool."""
@@ -268,7 +272,7 @@ class OutboxRelay:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
 
     async def _run(self) -> None:
-        backoff = self._settings.outbox_poll_ms / 1000
+        backoff = self._config.poll_ms / 1000
         while not self._stopped:
             try:
                 await self._connect()
@@ -281,16 +285,14 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
-            backoff = self._settings.outbox_poll_ms / 1000
+            backoff = self._config.poll_ms / 1000
             if not sent:
-                await asyncio.sleep(self._settings.outbox_poll_ms / 1000)
+                await asyncio.sleep(self._config.poll_ms / 1000)
 
     async def _publish_once(self) -> int:
         assert self._pool is not None
         try:
-            sent = await publish_pending(
-                self._pool, self._producer_for, self._settings.outbox_batch_size
-            )
+            sent = await publish_pending(self._pool, self._producer_for, self._config.batch_size)
         except OutboxPublishError as exc:
             self._sent_total += exc.sent
             raise
@@ -303,11 +305,11 @@ class OutboxRelay:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._pool is None:
-                dsn = self._database_url or service_urls(self._settings).database
-                self._pool = await asyncpg.create_pool(dsn=dsn, min_size=1, max_size=2)
+                self._pool = await asyncpg.create_pool(
+                    dsn=self._config.database_url, min_size=1, max_size=2
+                )
             if self._client is None:
-                url = self._pulsar_url or service_urls(self._settings).pulsar
-                self._client = pulsar.Client(url, logger=pulsar_logger())
+                self._client = pulsar.Client(self._config.pulsar_url, logger=pulsar_logger())
 
     async def _producer_for(self, topic: str) -> pulsar.Producer:
         producer = self._producers.get(topic)
@@ -323,7 +325,7 @@ class OutboxRelay:
                     self._client.create_producer,
                     topic,
                     send_timeout_millis=SEND_TIMEOUT_MS,
-                    max_pending_messages=max(1000, 2 * self._settings.outbox_batch_size),
+                    max_pending_messages=max(1000, 2 * self._config.batch_size),
                     block_if_queue_full=True,
                     batching_enabled=True,
                     # Key_Shared consumers need batches that hold one key each.
@@ -346,17 +348,10 @@ def relay_actor_name() -> str:
     return "agora:outbox:0"
 
 
-def get_or_create_relay(
-    namespace: str,
-    name: str | None = None,
-    *,
-    settings: Settings | None = None,
-    database_url: str | None = None,
-    pulsar_url: str | None = None,
-) -> Any:
+def get_or_create_relay(namespace: str, config: RelayConfig, name: str | None = None) -> Any:
     """The detached relay actor ``name`` (default: the one relay), created if missing, started.
 
-    Arguments other than ``namespace`` and ``name`` apply only when the actor is created.
+    ``config`` applies only when the actor is created.
     """
     handle: Any = OutboxRelayActor.options(  # type: ignore[attr-defined]
         name=name or relay_actor_name(),
@@ -364,6 +359,6 @@ def get_or_create_relay(
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
-    ).remote(settings, database_url=database_url, pulsar_url=pulsar_url)
+    ).remote(config)
     handle.start.remote()
     return handle

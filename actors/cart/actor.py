@@ -1,8 +1,10 @@
-"""Carts: the pure ``Cart`` state (lines, quantity rules, subtotal) and the ``CartShard`` actor.
+"""The ``CartShard`` actor: a thin shell owning many carts in memory.
 
-A shard owns many carts in memory, applies commands to them, and hands dirty
-carts and their events to the write-behind flusher. Cart edits are
-fire-and-forget: answered at once, persisted within ``flush_interval_ms``.
+Each public method is one protocol message: it applies one command of the pure
+``Cart`` and answers a ``CartView`` (or the one ``Rejected``). Dirty carts and
+their events go to the write-behind flusher: edits are answered at once and
+persisted within ``flush_interval_ms``; ``absorb`` and ``clear`` answer only
+once durable. Callers use ``actors.clients.CartClient``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ from typing import Any
 
 import ray
 
-from actors.cart.model import Cart, CartRules
+from actors.cart.model import Cart, CartRules, CartView, CartViewLine
 from actors.messages import Rejected
 from actors.shard import EnvFactory, ShardEnv, ShardShell
-from streams.events import (
-    Envelope,
-)
+from streams.events import Envelope
 
 
 class CartShardImpl(ShardShell[Cart]):
@@ -32,46 +32,66 @@ class CartShardImpl(ShardShell[Cart]):
     def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> Cart:
         return Cart.from_doc(key, doc, version)
 
-    def _apply(self, cart: Cart, result: list[Envelope] | Rejected) -> dict[str, Any]:
+    def _apply(self, cart: Cart, result: list[Envelope] | Rejected) -> CartView | Rejected:
         if isinstance(result, Rejected):
-            return {"ok": False, "code": result.code, "detail": result.detail, "cart": cart.view()}
-        self.changed(cart.cart_id, cart, result)
-        return {"ok": True, "cart": cart.view()}
+            return result
+        if result:
+            self.changed(cart.cart_id, cart, result)
+        return cart.view()
 
-    async def get(self, cart_id: str) -> dict[str, Any]:
+    async def view(self, cart_id: str) -> CartView:
         """The cart's current view."""
         return (await self.state(cart_id)).view()
 
+    async def get(self, cart_id: str) -> dict[str, Any]:
+        """The view as a mapping: the pre-v2 reply, for callers not yet on ``CartClient``."""
+        return (await self.state(cart_id)).doc_view()
+
     async def add_item(
         self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
-    ) -> dict[str, Any]:
+    ) -> CartView | Rejected:
         """Add ``quantity`` of a product (price and name snapshot taken by the caller)."""
         cart = await self.state(cart_id)
         return self._apply(
             cart, cart.add(sku, name, unit_price, quantity, self.clock(), self.rules)
         )
 
-    async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> dict[str, Any]:
+    async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> CartView | Rejected:
         """Set a line's quantity; 0 removes the line."""
         cart = await self.state(cart_id)
         return self._apply(cart, cart.set_quantity(sku, quantity, self.clock(), self.rules))
 
-    async def remove_item(self, cart_id: str, sku: str) -> dict[str, Any]:
+    async def remove_item(self, cart_id: str, sku: str) -> CartView | Rejected:
         """Remove a line."""
         cart = await self.state(cart_id)
         return self._apply(cart, cart.remove(sku, self.clock()))
 
-    async def merge_into(self, cart_id: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
-        """Add another cart's lines (login merges the anonymous cart); limits still apply."""
+    async def apply_coupon(self, cart_id: str, code: str) -> CartView | Rejected:
+        """Hold a coupon code (the caller has checked that it applies)."""
         cart = await self.state(cart_id)
-        events = cart.merge(lines, self.clock(), self.rules)
+        return self._apply(cart, cart.apply_coupon(code, self.clock()))
+
+    async def remove_coupon(self, cart_id: str) -> CartView:
+        """Forget the coupon."""
+        cart = await self.state(cart_id)
+        reply = self._apply(cart, cart.remove_coupon(self.clock()))
+        assert not isinstance(reply, Rejected)
+        return reply
+
+    async def absorb(
+        self, cart_id: str, lines: tuple[CartViewLine, ...], coupon: str | None
+    ) -> CartView:
+        """Login: another cart's lines (as far as the rules allow) and its coupon (unless this
+        cart has one), in one step; answered once durable."""
+        cart = await self.state(cart_id)
+        events = cart.absorb(lines, coupon, self.clock(), self.rules)
         if events:
             self.changed(cart_id, cart, events)
         await self.flusher.durable(cart_id, cart.version)
         return cart.view()
 
-    async def clear(self, cart_id: str) -> dict[str, Any]:
-        """Empty the cart (after a merge, an order, or an erasure), durably."""
+    async def clear(self, cart_id: str) -> CartView:
+        """Empty the cart, lines and coupon (after a merge, an order, an erasure), durably."""
         cart = await self.state(cart_id)
         events = cart.clear(self.clock())
         if events:

@@ -1,18 +1,24 @@
-"""Carts: the pure ``Cart`` state (lines, quantity rules, subtotal) and the ``CartShard`` actor.
+"""Carts: the pure ``Cart`` state (lines, quantity rules, subtotal, its coupon code).
 
-A shard owns many carts in memory, applies commands to them, and hands dirty
-carts and their events to the write-behind flusher. Cart edits are
-fire-and-forget: answered at once, persisted within ``flush_interval_ms``.
+A cart owns everything that is the shopper's choice: lines (name and price
+snapshotted when added) and the coupon code. Whether the coupon *applies* is
+pricing's decision, made where the cart is shown and again at checkout.
+Commands return their events or a ``Rejected``; replies are ``CartView`` values.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.messages import Rejected
 from streams.events import (
+    CART_ABSORBED,
     CART_CLEARED,
+    CART_COUPON_APPLIED,
+    CART_COUPON_REMOVED,
     CART_ITEM_ADDED,
     CART_ITEM_QUANTITY_SET,
     CART_ITEM_REMOVED,
@@ -25,6 +31,29 @@ from streams.events import (
 class CartRules:
     max_lines: int = 50
     max_quantity: int = 99
+
+
+_COUPON_CODE = re.compile(r"[A-Z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class CartViewLine:
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int
+    line_total: int
+
+
+@dataclass(frozen=True)
+class CartView:
+    """A cart as the shard answers it: lines in the order added, subtotal, coupon code."""
+
+    cart_id: str
+    version: int
+    lines: tuple[CartViewLine, ...]
+    subtotal: int
+    coupon: str | None = None
 
 
 @dataclass
@@ -47,6 +76,7 @@ class Cart:
     lines: dict[str, CartLine] = field(default_factory=dict)
     version: int = 0
     updated_at_ms: int = 0
+    coupon: str | None = None
 
     @property
     def subtotal(self) -> int:
@@ -76,11 +106,16 @@ class Cart:
             make_event(
                 CART_ITEM_ADDED,
                 self.cart_id,
-                {"cart_id": self.cart_id, "sku": sku, "quantity": quantity,
-                 "line_quantity": new_quantity, "unit_price": unit_price},
+                {
+                    "cart_id": self.cart_id,
+                    "sku": sku,
+                    "quantity": quantity,
+                    "line_quantity": new_quantity,
+                    "unit_price": unit_price,
+                },
                 now_ms,
             ),
-        )  # fmt: skip
+        )
 
     def set_quantity(
         self, sku: str, quantity: int, now_ms: int, rules: CartRules
@@ -117,28 +152,66 @@ class Cart:
             ),
         )
 
-    def merge(self, lines: list[dict[str, Any]], now_ms: int, rules: CartRules) -> list[Envelope]:
-        """Add each line as far as the rules allow; lines that do not fit are dropped."""
-        events: list[Envelope] = []
+    def absorb(
+        self,
+        lines: Sequence[CartViewLine | CartLine],
+        coupon: str | None,
+        now_ms: int,
+        rules: CartRules,
+    ) -> list[Envelope]:
+        """Login: take another cart's lines as far as the rules allow, and its coupon unless
+        this cart has one. Lines that do not fit are dropped (or capped at the limit)."""
+        taken: list[dict[str, Any]] = []
         for line in lines:
-            result = self.add(
-                line["sku"], line["name"], int(line["unit_price"]), int(line["quantity"]),
-                now_ms, rules,
-            )  # fmt: skip
-            if isinstance(result, Rejected) and result.code == "quantity-limit":
-                have = self.lines[line["sku"]].quantity
-                result = self.add(
-                    line["sku"], line["name"], int(line["unit_price"]),
-                    rules.max_quantity - have, now_ms, rules,
-                )  # fmt: skip
-            if not isinstance(result, Rejected):
-                events += result
-        return events
+            have = self.lines[line.sku].quantity if line.sku in self.lines else 0
+            quantity = min(line.quantity, rules.max_quantity - have)
+            if quantity < 1 or line.unit_price <= 0:
+                continue
+            if line.sku not in self.lines and len(self.lines) >= rules.max_lines:
+                continue
+            if line.sku in self.lines:
+                self.lines[line.sku].quantity = have + quantity
+            else:
+                self.lines[line.sku] = CartLine(line.sku, line.name, line.unit_price, quantity)
+            taken.append({"sku": line.sku, "quantity": quantity})
+        took_coupon = coupon is not None and self.coupon is None
+        if took_coupon:
+            self.coupon = coupon
+        if not taken and not took_coupon:
+            return []
+        payload = {
+            "cart_id": self.cart_id,
+            "lines": taken,
+            "coupon": coupon if took_coupon else None,
+        }
+        return self._changed(now_ms, make_event(CART_ABSORBED, self.cart_id, payload, now_ms))
+
+    def apply_coupon(self, code: str, now_ms: int) -> list[Envelope] | Rejected:
+        """Hold ``code`` (case-insensitive), replacing any earlier one; pricing decides if it
+        applies, so the caller checks it first."""
+        key = code.strip().upper()
+        if not _COUPON_CODE.fullmatch(key):
+            return Rejected("invalid-coupon-code", "a coupon code is 1-64 letters, digits, - or _")
+        if key == self.coupon:
+            return []
+        self.coupon = key
+        payload = {"cart_id": self.cart_id, "code": key}
+        return self._changed(now_ms, make_event(CART_COUPON_APPLIED, self.cart_id, payload, now_ms))
+
+    def remove_coupon(self, now_ms: int) -> list[Envelope]:
+        """Forget the coupon (nothing happens when the cart has none)."""
+        if self.coupon is None:
+            return []
+        payload = {"cart_id": self.cart_id, "code": self.coupon}
+        self.coupon = None
+        return self._changed(now_ms, make_event(CART_COUPON_REMOVED, self.cart_id, payload, now_ms))
 
     def clear(self, now_ms: int) -> list[Envelope]:
-        if not self.lines:
+        """Empty the cart: lines and coupon (after an order, a login merge, an erasure)."""
+        if not self.lines and self.coupon is None:
             return []
         self.lines.clear()
+        self.coupon = None
         return self._changed(
             now_ms, make_event(CART_CLEARED, self.cart_id, {"cart_id": self.cart_id}, now_ms)
         )
@@ -155,6 +228,7 @@ class Cart:
                 for x in self.lines.values()
             ],
             "updated_at_ms": self.updated_at_ms,
+            "coupon": self.coupon,
         }
 
     @classmethod
@@ -163,17 +237,39 @@ class Cart:
             x["sku"]: CartLine(x["sku"], x["name"], int(x["unit_price"]), int(x["quantity"]))
             for x in doc.get("lines", [])
         }
-        return cls(cart_id, lines, version, int(doc.get("updated_at_ms", 0)))
+        coupon = doc.get("coupon")
+        return cls(
+            cart_id,
+            lines,
+            version,
+            int(doc.get("updated_at_ms", 0)),
+            None if coupon is None else str(coupon),
+        )
 
-    def view(self) -> dict[str, Any]:
-        """What the API renders: lines with totals and the subtotal, in minor units."""
+    def view(self) -> CartView:
+        """The reply of every command: lines with totals, the subtotal and the coupon code."""
+        lines = tuple(
+            CartViewLine(x.sku, x.name, x.quantity, x.unit_price, x.line_total)
+            for x in self.lines.values()
+        )
+        return CartView(self.cart_id, self.version, lines, self.subtotal, self.coupon)
+
+    def doc_view(self) -> dict[str, Any]:
+        """The view as a plain mapping (the pre-v2 ``get`` reply, for callers not yet typed)."""
+        view = self.view()
         return {
-            "cart_id": self.cart_id,
-            "version": self.version,
+            "cart_id": view.cart_id,
+            "version": view.version,
             "lines": [
-                {"sku": x.sku, "name": x.name, "quantity": x.quantity,
-                 "unit_price": x.unit_price, "line_total": x.line_total}
-                for x in self.lines.values()
+                {
+                    "sku": x.sku,
+                    "name": x.name,
+                    "quantity": x.quantity,
+                    "unit_price": x.unit_price,
+                    "line_total": x.line_total,
+                }
+                for x in view.lines
             ],
-            "subtotal": self.subtotal,
-        }  # fmt: skip
+            "subtotal": view.subtotal,
+            "coupon": view.coupon,
+        }

@@ -17,12 +17,21 @@ from typing import Any
 
 import ray
 
-from actors.inventory.model import StockItem
+from actors.inventory.model import (
+    Audit,
+    Done,
+    Held,
+    LineHold,
+    Short,
+    StockItem,
+    StockView,
+    committable,
+    reserve_all,
+    view_of,
+)
 from actors.messages import Rejected
 from actors.shard import EnvFactory, ShardEnv, ShardShell
 from streams.events import Envelope
-
-FINISHED_KEPT = 256
 
 
 class InventoryShardImpl(ShardShell[StockItem]):
@@ -53,20 +62,34 @@ class InventoryShardImpl(ShardShell[StockItem]):
                     if item.sweep(now):
                         self.changed(sku, item, [])
 
-    async def _answer(self, item: StockItem, result: list[Envelope] | Rejected) -> dict[str, Any]:
+    async def _answer(
+        self, item: StockItem, result: list[Envelope] | Rejected
+    ) -> StockView | Rejected:
         if isinstance(result, Rejected):
-            return {"ok": False, "code": result.code, "detail": result.detail,
-                    "available": result.available, **item.view(self.clock())}  # fmt: skip
+            return result
         self.changed(item.sku, item, result)
         await self.flusher.durable(item.sku, item.version)
-        return {"ok": True, **item.view(self.clock())}
+        return view_of(item, self.clock())
 
-    async def get(self, sku: str) -> dict[str, Any]:
+    async def _items(self, lines: tuple[LineHold, ...]) -> dict[str, StockItem]:
+        states = await asyncio.gather(*[self.state(sku) for sku in {line.sku for line in lines}])
+        return {item.sku: item for item in states}
+
+    async def _durable(self, items: list[StockItem], events: list[Envelope]) -> None:
+        """Mark every changed item and wait for the one group commit that holds them all."""
+        by_sku: dict[str, list[Envelope]] = {}
+        for event in events:
+            by_sku.setdefault(event.key, []).append(event)
+        for item in items:
+            self.changed(item.sku, item, by_sku.get(item.sku, []))
+        await asyncio.gather(*[self.flusher.durable(item.sku, item.version) for item in items])
+
+    async def get(self, sku: str) -> StockView | Rejected:
         """On hand, reserved and available for one SKU."""
         item = await self.state(sku)
         if not item.known:
-            return {"ok": False, "code": "unknown-sku", "detail": f"{sku} is not a product"}
-        return {"ok": True, **item.view(self.clock())}
+            return Rejected("unknown-sku", f"{sku} is not a product")
+        return view_of(item, self.clock())
 
     async def reserve(
         self,
@@ -75,55 +98,104 @@ class InventoryShardImpl(ShardShell[StockItem]):
         quantity: int,
         ttl_s: int | None = None,
         order_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> StockView | Rejected:
         """Hold ``quantity`` units under reservation ``rid`` (idempotent, durable)."""
         item = await self.state(sku)
         ttl_ms = (ttl_s or self.settings.reservation_ttl_s) * 1000
         return await self._answer(item, item.reserve(rid, quantity, self.clock(), ttl_ms, order_id))
 
-    async def release(self, sku: str, rid: str) -> dict[str, Any]:
+    async def release(self, sku: str, rid: str) -> StockView | Rejected:
         """Give reserved units back (idempotent, durable)."""
         item = await self.state(sku)
         return await self._answer(item, item.release(rid, self.clock()))
 
-    async def commit(self, sku: str, rid: str) -> dict[str, Any]:
+    async def commit(self, sku: str, rid: str) -> StockView | Rejected:
         """Turn a reservation into a sale (idempotent, durable)."""
         item = await self.state(sku)
         return await self._answer(
             item, item.commit(rid, self.clock(), self.settings.low_stock_threshold)
         )
 
-    async def return_units(self, sku: str, rid: str, quantity: int) -> dict[str, Any]:
+    async def reserve_many(
+        self, order_id: str, lines: tuple[LineHold, ...], ttl_s: int | None = None
+    ) -> Held | Short:
+        """Hold every line of one order on this shard, or none (idempotent per rid, durable)."""
+        items = await self._items(lines)
+        ttl_ms = (ttl_s or self.settings.reservation_ttl_s) * 1000
+        short = reserve_all(items, lines, self.clock(), ttl_ms, order_id)
+        if short:
+            return Short(short)
+        await self._durable(list(items.values()), [])
+        return Held(tuple(line.rid for line in lines))
+
+    async def commit_many(self, lines: tuple[LineHold, ...]) -> Done | Rejected:
+        """Sell every reservation, or none when one is gone (idempotent, durable)."""
+        items = await self._items(lines)
+        refused = committable(items, lines)
+        if refused is not None:
+            return refused
+        now, events = self.clock(), []
+        for line in lines:
+            result = items[line.sku].commit(line.rid, now, self.settings.low_stock_threshold)
+            assert not isinstance(result, Rejected), result
+            events.extend(result)
+        await self._durable(list(items.values()), events)
+        return Done(len(lines))
+
+    async def release_many(self, lines: tuple[LineHold, ...]) -> Done:
+        """Give every reservation back; an unknown or finished one is skipped (durable)."""
+        items = await self._items(lines)
+        now = self.clock()
+        for line in lines:
+            items[line.sku].release(line.rid, now)
+        await self._durable(list(items.values()), [])
+        return Done(len(lines))
+
+    async def return_many(self, lines: tuple[LineHold, ...]) -> Done | Rejected:
+        """Put sold units back once per rid (an order cancelled after confirmation), durably."""
+        items = await self._items(lines)
+        now, events = self.clock(), []
+        for line in lines:
+            result = items[line.sku].return_units(
+                line.rid, line.quantity, now, self.settings.low_stock_threshold
+            )
+            if isinstance(result, Rejected):
+                return result
+            events.extend(result)
+        await self._durable(list(items.values()), events)
+        return Done(len(lines))
+
+    async def return_units(self, sku: str, rid: str, quantity: int) -> StockView | Rejected:
         """Put sold units back once per ``rid`` (order cancellation), durably."""
         item = await self.state(sku)
         return await self._answer(
             item, item.return_units(rid, quantity, self.clock(), self.settings.low_stock_threshold)
         )
 
-    async def set_on_hand(self, sku: str, on_hand: int) -> dict[str, Any]:
+    async def set_on_hand(self, sku: str, on_hand: int) -> StockView | Rejected:
         """Set on-hand stock (not below what is reserved)."""
         item = await self.state(sku)
         return await self._answer(
             item, item.set_on_hand(on_hand, self.clock(), self.settings.low_stock_threshold)
         )
 
-    async def adjust(self, sku: str, delta: int, reason: str) -> dict[str, Any]:
+    async def adjust(self, sku: str, delta: int, reason: str) -> StockView | Rejected:
         """Add or remove stock with a reason (not below what is reserved)."""
         item = await self.state(sku)
         return await self._answer(
             item, item.adjust(delta, reason, self.clock(), self.settings.low_stock_threshold)
         )
 
-    async def audit(self, sku: str) -> dict[str, Any]:
+    async def audit(self, sku: str) -> Audit:
         """Invariant inputs: on hand, live reservations and units committed so far."""
         item = await self.state(sku)
         now = self.clock()
-        return {
-            "on_hand": item.on_hand,
-            "committed_units": item.committed_units,
-            "reserved": item.reserved(now),
-            "live": {rid: r.quantity for rid, r in item.reservations.items() if r.expires_ms > now},
-        }
+        return Audit(
+            on_hand=item.on_hand,
+            committed_units=item.committed_units,
+            reserved=item.reserved(now),
+            live={rid: r.quantity for rid, r in item.reservations.items() if r.expires_ms > now},
+        )
 
 
 InventoryShard: Any = ray.remote(num_cpus=0, max_concurrency=1000)(InventoryShardImpl)  # type: ignore[call-overload]

@@ -145,22 +145,33 @@ class StockItem:
     ) -> list[Envelope]:
         """``inventory.changed``; ``inventory.low_stock`` when on hand falls to the threshold."""
         available = self.available(now_ms)
-        payload = {"sku": self.sku, "on_hand": self.on_hand, "available": available,
-                   "delta": delta, "reason": reason}  # fmt: skip
+        payload = {
+            "sku": self.sku,
+            "on_hand": self.on_hand,
+            "available": available,
+            "delta": delta,
+            "reason": reason,
+        }
         events = [make_event(INVENTORY_CHANGED, self.sku, payload, now_ms)]
         if self.on_hand <= threshold < before:
             events.append(
                 make_event(
-                    INVENTORY_LOW_STOCK, self.sku,
-                    {"sku": self.sku, "on_hand": self.on_hand, "threshold": threshold}, now_ms,
+                    INVENTORY_LOW_STOCK,
+                    self.sku,
+                    {"sku": self.sku, "on_hand": self.on_hand, "threshold": threshold},
+                    now_ms,
                 )
-            )  # fmt: skip
+            )
         return events
 
     def view(self, now_ms: int) -> dict[str, Any]:
         reserved = self.reserved(now_ms)
-        return {"sku": self.sku, "on_hand": self.on_hand, "reserved": reserved,
-                "available": self.on_hand - reserved}  # fmt: skip
+        return {
+            "sku": self.sku,
+            "on_hand": self.on_hand,
+            "reserved": reserved,
+            "available": self.on_hand - reserved,
+        }
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -183,3 +194,106 @@ class StockItem:
             True,
             version,
         )
+
+
+# --- replies and many-line commands (one call per shard for an order's lines) ------------
+
+
+@dataclass(frozen=True)
+class StockView:
+    """What a single-SKU command answers: the SKU's stock after it."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Invariant inputs: on hand, live reservations and units committed so far."""
+
+    on_hand: int
+    committed_units: int
+    reserved: int
+    live: dict[str, int]
+
+
+@dataclass(frozen=True)
+class LineHold:
+    """One line of a many-line command: ``quantity`` units of ``sku`` under reservation ``rid``."""
+
+    sku: str
+    rid: str
+    quantity: int = 0
+
+
+@dataclass(frozen=True)
+class Shortage:
+    sku: str
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """Every line asked of this shard is held (or already was, or already sold)."""
+
+    rids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Short:
+    """Nothing was held on this shard: these lines do not fit."""
+
+    lines: tuple[Shortage, ...]
+
+
+@dataclass(frozen=True)
+class Done:
+    """A many-line commit, release or return went through (idempotently)."""
+
+    count: int
+
+
+def view_of(item: StockItem, now_ms: int) -> StockView:
+    reserved = item.reserved(now_ms)
+    return StockView(item.sku, item.on_hand, reserved, item.on_hand - reserved)
+
+
+def reserve_all(
+    items: dict[str, StockItem],
+    lines: tuple[LineHold, ...],
+    now_ms: int,
+    ttl_ms: int,
+    order_id: str | None,
+) -> tuple[Shortage, ...]:
+    """Hold every line or none (all-or-nothing on one shard); the short lines, or ``()``.
+
+    A line whose reservation is already live or already sold counts as held, so
+    a repeat after a crash holds nothing twice.
+    """
+    short = []
+    for line in lines:
+        item = items[line.sku]
+        if line.rid in item.reservations or item.finished.get(line.rid) == "committed":
+            continue
+        item.sweep(now_ms)
+        available = item.available(now_ms) if item.known else 0
+        if not item.known or line.rid in item.finished or line.quantity > available:
+            short.append(Shortage(line.sku, line.quantity, max(0, available)))
+    if short:
+        return tuple(short)
+    for line in lines:
+        result = items[line.sku].reserve(line.rid, line.quantity, now_ms, ttl_ms, order_id)
+        assert not isinstance(result, Rejected), result
+    return ()
+
+
+def committable(items: dict[str, StockItem], lines: tuple[LineHold, ...]) -> Rejected | None:
+    """Whether every reservation can be committed (live, or committed already)."""
+    for line in lines:
+        item = items[line.sku]
+        if line.rid not in item.reservations and item.finished.get(line.rid) != "committed":
+            return Rejected("unknown-reservation", f"no live reservation {line.rid}")
+    return None

@@ -1,15 +1,16 @@
-"""Orders and the checkout saga: the pure ``Order`` state and the ``OrderShard`` actor.
+"""The ``OrderShard`` actor: the thin shell that runs checkout sagas (``actors.order.saga``).
 
-Steps, each persisted (answered after its commit) before the next:
-``created`` -> ``priced`` (cart snapshot, server-side pricing) -> ``screened``
-(fraud) -> ``reserved`` (stock on every inventory shard involved) -> ``charged``
-(payment; the order id is the payment's idempotency key) -> ``done``
-(reservations committed, cart cleared). A failure runs the compensations of the
-steps already done (release stock; a charge is never left without an order)
-and ends in ``failed`` with a reason. A restarted shard resumes every order that
-is not finished from its persisted step. The order id is derived from the user
-and the ``Idempotency-Key``, so a retry reaches the same order and never charges
-twice.
+For each unfinished order it loops: ``step = next_step(order)``; call the one
+port (``ShardEnv.ports``, built by ``cluster.bootstrap``) under a deadline;
+``events = apply(order, step, result, now)``; wait for the durable commit of
+the new state and its events; repeat until the order is finished or waits
+(Pix). A failing call backs off (capped, jittered) and, for the steps before
+the money is taken, gives up after ``saga_step_deadline_s`` and compensates.
+
+A (re)started shard resumes every unfinished saga it owns at once, from a task
+started in the constructor (Ray runs an async actor's constructor on its event
+loop), not on its first call. The order id is derived from the user and the
+``Idempotency-Key``, so a retry reaches the same order and never charges twice.
 """
 
 from __future__ import annotations
@@ -17,17 +18,95 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+from functools import partial
 from typing import Any
 
 import ray
 
-from actors.order.model import FINISHED_STEPS, Order
-from actors.shard import EnvFactory, ShardEnv, ShardShell
-from streams.events import (
-    Envelope,
+from actors.messages import Rejected
+from actors.order.model import (
+    Order,
+    OrderReply,
+    PixExpired,
+    PixPaid,
+    PixSettled,
+    Unavailable,
 )
+from actors.order.ports import Ports
+from actors.order.saga import (
+    AwaitPix,
+    ChargeCard,
+    ClearCart,
+    CommitStock,
+    GiveUp,
+    OpenPix,
+    PriceCart,
+    RedeemCoupon,
+    RefundPayment,
+    ReleaseStock,
+    ReserveStock,
+    Restock,
+    ScreenFraud,
+    Step,
+    UnredeemCoupon,
+    VoidPayment,
+    apply,
+    decide_cancel,
+    decide_operation,
+    is_terminal,
+    next_step,
+    on_failure,
+)
+from actors.shard import EnvFactory, ShardEnv, ShardShell
+from streams.events import Envelope
 
 log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 30.0
+EXPIRY_SCAN_S = 2.0
+
+
+async def call_port(p: Ports, step: Step) -> object:
+    """Make the one port call a step names."""
+    match step:
+        case PriceCart():
+            cart = await p.carts.snapshot(step.cart_id)
+            return await p.pricing.price(
+                cart,
+                step.user_id,
+                step.shipping_method,
+                step.country,
+                step.state,
+                step.postal_code,
+            )
+        case ScreenFraud():
+            return await p.fraud.screen(
+                step.order_id, step.user_id, step.total, step.quantities, step.country
+            )
+        case ReserveStock():
+            return await p.stock.reserve(step.order_id, step.lines, step.long_hold)
+        case RedeemCoupon():
+            return await p.pricing.redeem(step.code, step.user_id, step.order_id)
+        case ChargeCard():
+            return await p.payments.charge(step.key, step.amount, step.currency, step.token)
+        case OpenPix():
+            return await p.payments.open_pix(step.key, step.amount)
+        case CommitStock():
+            return await p.stock.commit(step.lines)
+        case ClearCart():
+            return await p.carts.clear(step.cart_id)
+        case ReleaseStock():
+            return await p.stock.release(step.lines)
+        case UnredeemCoupon():
+            return await p.pricing.unredeem(step.code, step.order_id)
+        case RefundPayment():
+            return await p.payments.refund(step.key, step.method, step.payment_id, step.amount)
+        case VoidPayment():
+            return await p.payments.void(step.key, step.method)
+        case Restock():
+            return await p.stock.restock(step.lines)
+    raise ValueError(f"no port call for {step!r}")
 
 
 class OrderShardImpl(ShardShell[Order]):
@@ -35,9 +114,22 @@ class OrderShardImpl(ShardShell[Order]):
 
     def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         super().__init__(name, env)
+        self.ports = self.env.ports
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._resumed = False
-        self._deps: Any = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._random = random.Random()
+        self.deadline_ms = int(getattr(self.settings, "saga_step_deadline_s", 30) * 1000)
+        self.wait_s = float(getattr(self.settings, "checkout_wait_s", 8.0))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside an event loop (a unit test): no background work
+            return
+        self._spawn(loop, self._boot())
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        task = loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def new_state(self, key: str) -> Order:
         return Order(key)
@@ -45,74 +137,106 @@ class OrderShardImpl(ShardShell[Order]):
     def state_from_doc(self, key: str, doc: dict[str, Any], version: int) -> Order:
         return Order.from_doc(key, doc, version)
 
-    async def _get_pool(self) -> Any:
-        pool = await super()._get_pool()
-        if not self._resumed:
-            self._resumed = True
-            asyncio.get_running_loop().create_task(self._resume_unfinished())
-        return pool
-
-    def _dependencies(self) -> Any:
-        if self._deps is None:
-            from actors.order.steps import SagaDependencies
-
-            self._deps = SagaDependencies(self.settings, self._pool)
-        return self._deps
-
     async def _persist(self, order: Order, events: list[Envelope]) -> None:
         self.changed(order.order_id, order, events)
         await self.flusher.durable(order.order_id, order.version)
 
+    # --- resume on (re)start ------------------------------------------------------
+
+    async def _boot(self) -> None:
+        """Open the pool, resume every unfinished saga this shard owns, expire Pix charges."""
+        delay = 0.2
+        while True:
+            try:
+                await self._resume_unfinished()
+                break
+            except Exception:
+                log.exception("could not resume unfinished orders; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await self._expire_loop()
+
     async def _resume_unfinished(self) -> None:
-        """After a (re)start, continue every unfinished saga this shard owns."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT order_id FROM orders WHERE step NOT IN ('done', 'review')"
+            )  # unfinished sagas and Pix orders waiting for payment
         directory = self.env.directory
-        try:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT order_id FROM orders WHERE step NOT IN ('done', 'review')"
-                )  # unfinished sagas and Pix orders waiting for payment
-        except Exception:
-            log.exception("could not list unfinished orders")
-            return
         for row in rows:
-            if directory.shard_for("order", row["order_id"]) == self.name:
-                await self.state(row["order_id"])
-                self._start(row["order_id"])
-        asyncio.get_running_loop().create_task(self._expire_loop())
+            if directory is None or directory.shard_for("order", row["order_id"]) == self.name:
+                order = await self.state(row["order_id"])
+                if not is_terminal(order):
+                    self._start(order.order_id)
 
     async def _expire_loop(self) -> None:
-        """Unpaid Pix orders expire: release their stock and fail them."""
+        """Unpaid Pix orders expire: the saga compensates (void, release) and fails them."""
         while True:
-            await asyncio.sleep(2)
+            await asyncio.sleep(EXPIRY_SCAN_S)
             now = self.clock()
             for order in list(self.states.values()):
                 pix = (order.payment or {}).get("pix") or {}
                 if order.step == "awaiting" and pix.get("expires_at", 0) * 1000 <= now:
                     with contextlib.suppress(Exception):
-                        await self._dependencies().expire_pix(order)
-                        await self._persist(order, order.failed(
-                            "payment-expired", "The Pix charge expired unpaid.", now))  # fmt: skip
+                        step = AwaitPix(order.order_id)
+                        await self._persist(order, apply(order, step, PixExpired(), now))
+                        self._start(order.order_id)
 
-    async def pix_paid(self, order_id: str, amount: int) -> dict[str, Any]:
-        """The PSP says the Pix charge was paid: record it and finish the saga."""
-        order = await self.state(order_id)
-        if order.step == "new":
-            return {"ok": False, "code": "not-found"}
-        if order.step != "awaiting":
-            return {"ok": True, "code": "already-settled", "status": order.status}
-        if not await self._dependencies().pix_paid(order, amount):
-            return {"ok": False, "code": "amount-mismatch"}
-        payment = {**(order.payment or {}), "status": "succeeded"}
-        await self._persist(order, order.charged(payment, self.clock()))
-        await asyncio.shield(self._start(order_id))
-        return {"ok": True, "code": "paid", "status": order.status}
+    # --- the saga loop ------------------------------------------------------------
 
     def _start(self, order_id: str) -> asyncio.Task[None]:
         task = self._tasks.get(order_id)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._run(order_id))
             self._tasks[order_id] = task
+            task.add_done_callback(partial(self._forget, order_id))
         return task
+
+    def _forget(self, order_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(order_id) is task:
+            del self._tasks[order_id]
+
+    async def _run(self, order_id: str) -> None:
+        order = await self.state(order_id)
+        attempt, first_failure = 0, None
+        while (step := next_step(order)) is not None:
+            try:
+                result = await asyncio.wait_for(call_port(self.ports, step), CALL_TIMEOUT_S)
+            except Exception as exc:
+                now = self.clock()
+                first_failure = now if first_failure is None else first_failure
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                decision = on_failure(
+                    step,
+                    attempt,
+                    first_failure,
+                    now,
+                    self.deadline_ms,
+                    self._random.random(),
+                    detail,
+                )
+                if not isinstance(decision, GiveUp):
+                    log.warning(
+                        "saga %s step %s failed (%s); retry in %.2fs",
+                        order_id,
+                        type(step).__name__,
+                        detail,
+                        decision.delay_s,
+                    )
+                    attempt += 1
+                    await asyncio.sleep(decision.delay_s)
+                    continue
+                result = Unavailable(decision.detail)
+            attempt, first_failure = 0, None
+            await self._persist(order, apply(order, step, result, self.clock()))
+
+    async def _settle(self, order_id: str, wait_s: float) -> None:
+        """Run the saga (or join it) and wait for it at most ``wait_s``."""
+        task = self._start(order_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+
+    # --- protocol -----------------------------------------------------------------
 
     async def checkout(
         self,
@@ -121,76 +245,65 @@ class OrderShardImpl(ShardShell[Order]):
         request_hash: str,
         request: dict[str, Any],
         cart_id: str,
-    ) -> dict[str, Any]:
-        """Run (or join, or replay) the saga of this order; answers its final view."""
-        await self._get_pool()
+    ) -> OrderReply | Rejected:
+        """Run (or join, or replay) the saga; answers its view within ``checkout_wait_s``."""
         order = await self.state(order_id)
         if order.step == "new":
-            await self._persist(order, order.create(user_id, request_hash, request, cart_id,
-                                                    self.clock()))  # fmt: skip
+            await self._persist(
+                order, order.create(user_id, request_hash, request, cart_id, self.clock())
+            )
         elif order.user_id != user_id:
-            return {"ok": False, "code": "not-found"}
+            return Rejected("not-found", "No such order.")
         elif order.request_hash != request_hash:
-            return {"ok": False, "code": "idempotency-mismatch", "order": order.view()}
-        if order.step not in FINISHED_STEPS:
-            await asyncio.shield(self._start(order_id))
-        return {"ok": True, "order": order.view()}
+            return Rejected(
+                "idempotency-key-reused", "This Idempotency-Key was used with a different request."
+            )
+        if not is_terminal(order):
+            await self._settle(order_id, self.wait_s)
+        return OrderReply(order.view())
 
-    async def get(self, order_id: str) -> dict[str, Any] | None:
+    async def get(self, order_id: str) -> OrderReply | None:
         """The order's view, or None."""
         order = await self.state(order_id)
-        return None if order.step == "new" else order.view()
+        return None if order.step == "new" else OrderReply(order.view())
 
-    async def cancel(self, order_id: str, user_id: str) -> dict[str, Any]:
-        """Cancel before shipment: refund the payment and put the stock back."""
-        order = await self.state(order_id)
-        if order.step == "new" or order.user_id != user_id:
-            return {"ok": False, "code": "not-found"}
-        if order.status == "cancelled":
-            return {"ok": True, "order": order.view()}
-        if order.status not in ("confirmed", "pending_review"):
-            return {"ok": False, "code": "not-cancellable", "order": order.view()}
-        deps = self._dependencies()
-        refund = None
-        if order.payment and order.payment.get("payment_id"):
-            refund = await deps.refund(order)
-        if order.status == "confirmed":
-            await deps.restock(order)
-        await self._persist(order, order.cancelled(refund, self.clock()))
-        return {"ok": True, "order": order.view()}
-
-    async def operate(self, order_id: str, action: str, note: str | None = None) -> dict[str, Any]:
-        """Operator actions: ``ship``, ``refund``, ``approve`` or ``reject`` (fraud review)."""
+    async def pix_paid(self, order_id: str, amount: int) -> PixSettled | Rejected:
+        """The PSP says the Pix charge was paid: record it and finish the saga."""
         order = await self.state(order_id)
         if order.step == "new":
-            return {"ok": False, "code": "not-found"}
-        allowed = {
-            "ship": ("confirmed",),
-            "refund": ("confirmed", "shipped"),
-            "approve": ("pending_review",),
-            "reject": ("pending_review",),
-        }[action]
-        done = {"ship": "shipped", "refund": "refunded", "approve": "confirmed",
-                "reject": "failed"}[action]  # fmt: skip
-        reviewed = (order.fraud or {}).get("decision") == "review"
-        if order.status == done and (action in ("ship", "refund") or reviewed):
-            return {"ok": True, "order": order.view()}
-        if order.status not in allowed:
-            return {"ok": False, "code": "wrong-status", "order": order.view()}
-        now = self.clock()
-        if action == "ship":
-            await self._persist(order, order.shipped(now, note))
-        elif action == "refund":
-            refund = await self._dependencies().refund(order)
-            await self._persist(order, order.refunded(refund, now))
-        elif action == "reject":
-            await self._persist(order, order.failed("review-rejected", "Refused after review.",
-                                                    now))  # fmt: skip
-        else:
-            order.approved(now)
-            await self._persist(order, [])
-            await asyncio.shield(self._start(order_id))
-        return {"ok": True, "order": order.view()}
+            return Rejected("not-found", "No such order.")
+        if order.step != "awaiting":
+            return PixSettled("already-settled", order.status)
+        if not await self.ports.payments.pix_paid(order_id, amount):
+            return Rejected("amount-mismatch", "The paid amount does not match the charge.")
+        if order.step == "awaiting":  # re-checked: the expiry may have won while we awaited
+            await self._persist(
+                order, apply(order, AwaitPix(order_id), PixPaid(amount), self.clock())
+            )
+        await self._settle(order_id, self.wait_s)
+        return PixSettled("paid", order.status)
+
+    async def cancel(self, order_id: str, user_id: str) -> OrderReply | Rejected:
+        """Cancel before shipment: refund the payment and put the stock back."""
+        order = await self.state(order_id)
+        decided = decide_cancel(order, user_id, self.clock())  # no await before this
+        if isinstance(decided, Rejected):
+            return decided
+        await self._persist(order, decided)
+        await self._settle(order_id, self.wait_s)
+        return OrderReply(order.view())
+
+    async def operate(
+        self, order_id: str, action: str, note: str | None = None
+    ) -> OrderReply | Rejected:
+        """Operator actions: ``ship``, ``refund``, ``approve`` or ``reject`` (fraud review)."""
+        order = await self.state(order_id)
+        decided = decide_operation(order, action, note, self.clock())  # no await before this
+        if isinstance(decided, Rejected):
+            return decided
+        await self._persist(order, decided)
+        await self._settle(order_id, self.wait_s)
+        return OrderReply(order.view())
 
     async def erase_personal(self, order_id: str) -> None:
         """Drop the shopper's address from the order (GDPR erasure), durably."""
@@ -199,19 +312,6 @@ class OrderShardImpl(ShardShell[Order]):
             return
         order.erase_personal(self.clock())
         await self._persist(order, [])
-
-    async def _run(self, order_id: str) -> None:
-        order = await self.state(order_id)
-        deps = self._dependencies()
-        while order.step not in FINISHED_STEPS:
-            step = order.step
-            try:
-                events = await getattr(deps, f"after_{step}")(order, self.clock())
-            except Exception:
-                log.exception("saga step %s of %s failed; retrying", step, order_id)
-                await asyncio.sleep(0.5)
-                continue
-            await self._persist(order, events)
 
     async def drain(self) -> int:
         """Final flush before a graceful stop (running sagas resume after restart)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from streams.events import (
     ORDER_CANCELLED,
@@ -38,6 +38,143 @@ log = logging.getLogger(__name__)
 
 ORDER_NAMESPACE = uuid.UUID("5b0c6f9e-4d7e-4c55-9a52-0a6f0e7c2b11")
 FINISHED_STEPS = ("done", "review", "awaiting")
+
+
+# --- what the saga's ports answer (frozen values; a refusal is a ``Rejected``) ---------
+
+
+@dataclass(frozen=True)
+class CartLine:
+    sku: str
+    name: str
+    unit_price: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class CartSnapshot:
+    """The cart as checkout saw it: its lines and the coupon code it holds, if any."""
+
+    cart_id: str
+    lines: tuple[CartLine, ...]
+    coupon: str | None = None
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int
+    line_total: int
+
+
+@dataclass(frozen=True)
+class Priced:
+    """The server-side price of the order (integer centavos)."""
+
+    lines: tuple[PricedLine, ...]
+    subtotal: int
+    discount_total: int
+    shipping: int
+    tax: int
+    total: int
+    currency: str = "BRL"
+    coupon: str | None = None
+
+
+@dataclass(frozen=True)
+class StockLine:
+    """``quantity`` units of ``sku`` under reservation ``rid``."""
+
+    sku: str
+    rid: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ShortLine:
+    sku: str
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True)
+class StockHeld:
+    """Every line is held."""
+
+
+@dataclass(frozen=True)
+class OutOfStock:
+    """Some lines do not fit; ``held`` are the lines a shard held anyway (to release)."""
+
+    short: tuple[ShortLine, ...]
+    held: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The outcome of a charge attempt; ``declined`` is a value, not an exception."""
+
+    status: Literal["succeeded", "declined", "failed"]
+    payment_id: str | None
+    amount: int
+    currency: str
+    decline_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Refund:
+    status: Literal["succeeded", "failed", "manual"]
+    refund_id: str | None
+    amount: int
+
+
+@dataclass(frozen=True)
+class PixCharge:
+    txid: str
+    br_code: str
+    expires_at: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A step whose only answer is that it happened (idempotently)."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A step that kept failing until its deadline (made by the shell, never by a port)."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class PixPaid:
+    amount: int
+
+
+@dataclass(frozen=True)
+class PixExpired:
+    """The Pix charge expired unpaid."""
+
+
+# --- what the order shard answers -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderReply:
+    """The order's API view (``Order.view``)."""
+
+    order: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PixSettled:
+    code: str
+    status: str
 
 
 def order_id_for(user_id: str, idempotency_key: str) -> str:
@@ -62,6 +199,8 @@ class Order:
     reservations: dict[str, str] = field(default_factory=dict)
     payment: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
+    compensations: list[str] = field(default_factory=list)
+    ending: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     created_ms: int = 0
     version: int = 0
@@ -74,16 +213,24 @@ class Order:
         self.version += 1
 
     def _event(self, kind: EventType, now_ms: int, **extra: Any) -> Envelope:
-        payload = {"order_id": self.order_id, "user_id": self.user_id, "status": self.status,
-                   "total": self.totals.get("total"), **extra}  # fmt: skip
+        payload = {
+            "order_id": self.order_id,
+            "user_id": self.user_id,
+            "status": self.status,
+            "total": self.totals.get("total"),
+            **extra,
+        }
         return make_event(kind, self.order_id, payload, now_ms)
 
     def create(
         self, user_id: str, request_hash: str, request: dict[str, Any], cart_id: str, now_ms: int
     ) -> list[Envelope]:
         self.user_id, self.request_hash, self.request, self.cart_id = (
-            user_id, request_hash, request, cart_id,
-        )  # fmt: skip
+            user_id,
+            request_hash,
+            request,
+            cart_id,
+        )
         self.created_ms = now_ms
         self._to("pending", "created", now_ms, "checkout started")
         return [self._event(ORDER_CREATED, now_ms)]
@@ -108,17 +255,25 @@ class Order:
 
     def awaiting_payment(self, pix: dict[str, Any], now_ms: int) -> list[Envelope]:
         """Stock is held; the order waits for the Pix payment (or its expiry)."""
-        self.payment = {"method": "pix", "status": "pending", "payment_id": pix["txid"],
-                        "pix": pix}  # fmt: skip
+        self.payment = {"method": "pix", "status": "pending", "payment_id": pix["txid"], "pix": pix}
         self._to("awaiting_payment", "awaiting", now_ms, "waiting for the Pix payment")
         return []
 
     def charged(self, payment: dict[str, Any], now_ms: int) -> list[Envelope]:
         self.payment = payment
         self._to("pending", "charged", now_ms, "payment captured")
-        return [make_event(PAYMENT_PROCESSED, self.order_id,
-                           {"order_id": self.order_id, "payment_id": payment["payment_id"],
-                            "amount": self.totals["total"]}, now_ms)]  # fmt: skip
+        return [
+            make_event(
+                PAYMENT_PROCESSED,
+                self.order_id,
+                {
+                    "order_id": self.order_id,
+                    "payment_id": payment["payment_id"],
+                    "amount": self.totals["total"],
+                },
+                now_ms,
+            )
+        ]
 
     def confirmed(self, now_ms: int) -> list[Envelope]:
         self._to("confirmed", "done", now_ms, "order confirmed")
@@ -134,8 +289,11 @@ class Order:
         events = [self._event(ORDER_CANCELLED, now_ms)]
         if refund is not None:
             self.payment = {**(self.payment or {}), "refund": refund}
-            events.append(make_event(PAYMENT_REFUNDED, self.order_id,
-                                     {"order_id": self.order_id, **refund}, now_ms))  # fmt: skip
+            events.append(
+                make_event(
+                    PAYMENT_REFUNDED, self.order_id, {"order_id": self.order_id, **refund}, now_ms
+                )
+            )
         self._to("cancelled", "done", now_ms, "cancelled by the shopper")
         return events
 
@@ -148,9 +306,32 @@ class Order:
         self._to("refunded", "done", now_ms, "refunded by an operator")
         return [
             self._event(ORDER_REFUNDED, now_ms),
-            make_event(PAYMENT_REFUNDED, self.order_id, {"order_id": self.order_id, **refund},
-                       now_ms),
-        ]  # fmt: skip
+            make_event(
+                PAYMENT_REFUNDED, self.order_id, {"order_id": self.order_id, **refund}, now_ms
+            ),
+        ]
+
+    def compensating(
+        self, undo: list[str], ending: str, now_ms: int, failure: dict[str, Any] | None = None
+    ) -> None:
+        """Start undoing the steps done (``undo``, in order); ``ending`` is the final status."""
+        if failure is not None:
+            self.failure = failure
+        self.compensations = list(undo)
+        self.ending = ending
+        self._to(self.status, "compensating", now_ms, f"compensating: {', '.join(undo)}")
+
+    def compensated(self, name: str, now_ms: int) -> None:
+        """One compensation is done (persisted before the next)."""
+        if self.compensations and self.compensations[0] == name:
+            self.compensations.pop(0)
+        self.version += 1
+
+    def advanced(self, step: str, now_ms: int, note: str) -> None:
+        """A step with no status change (recorded in ``step`` only)."""
+        self.step = step
+        self.version += 1
+        del now_ms, note
 
     def approved(self, now_ms: int) -> None:
         """An operator cleared a held order: the saga goes on from screening."""
@@ -160,8 +341,10 @@ class Order:
         """Keep the order for accounting, without the shopper's address."""
         if "shipping_address" in self.request:
             address = self.request["shipping_address"]
-            self.request = {**self.request, "shipping_address": {
-                "country": address.get("country"), "erased": True}}  # fmt: skip
+            self.request = {
+                **self.request,
+                "shipping_address": {"country": address.get("country"), "erased": True},
+            }
             self.version += 1
 
     def to_doc(self) -> dict[str, Any]:

@@ -123,6 +123,12 @@ ShippingMethod = Literal["standard", "express"]
 ANY = "*"
 FULL_BP = 10_000
 _CODE = re.compile(r"[A-Z0-9_-]{1,64}")
+# Times are epoch seconds up to 9999-12-31T23:59:59Z: beyond it no date type
+# (Python's, PostgreSQL's) can show them, and a saved one would break every read.
+MAX_TIME = 253_402_300_799
+# PostgreSQL refuses NUL in text and jsonb; no other C0 control (but tab and
+# newline) or lone surrogate belongs in a label either.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
 def pct(amount: int, bp: int) -> int:
@@ -490,6 +496,9 @@ class _Fields:
         if not isinstance(value, str) or not value.strip():
             self.bad(name, "must be a non-empty string")
             return ""
+        if _UNSAFE.search(value):
+            self.bad(name, "must not contain control characters")
+            return ""
         return value.strip()
 
     def integer(
@@ -535,8 +544,8 @@ class _Fields:
 
     def window(self) -> tuple[int, int]:
         errors_before = len(self.errors)
-        starts_at = self.required_integer("starts_at")
-        ends_at = self.required_integer("ends_at")
+        starts_at = self.required_integer("starts_at", maximum=MAX_TIME)
+        ends_at = self.required_integer("ends_at", maximum=MAX_TIME)
         if len(self.errors) == errors_before and ends_at <= starts_at:
             self.bad("ends_at", "must be after starts_at")
         return starts_at, ends_at
@@ -574,9 +583,20 @@ def _kind_value(fields: _Fields, kind: str | None) -> int:
 
 
 _PROMOTION_FIELDS = {
-    "id", "kind", "target", "target_value", "value", "buy", "pay", "tiers",
-    "starts_at", "ends_at", "stackable", "priority", "label",
-}  # fmt: skip
+    "id",
+    "kind",
+    "target",
+    "target_value",
+    "value",
+    "buy",
+    "pay",
+    "tiers",
+    "starts_at",
+    "ends_at",
+    "stackable",
+    "priority",
+    "label",
+}
 
 
 def validate_promotion(data: Mapping[str, Any]) -> Promotion | Rejected:
@@ -630,9 +650,17 @@ def validate_promotion(data: Mapping[str, Any]) -> Promotion | Rejected:
 
 
 _COUPON_FIELDS = {
-    "code", "kind", "value", "starts_at", "ends_at", "min_subtotal",
-    "max_uses_total", "max_uses_per_user", "stackable", "label",
-}  # fmt: skip
+    "code",
+    "kind",
+    "value",
+    "starts_at",
+    "ends_at",
+    "min_subtotal",
+    "max_uses_total",
+    "max_uses_per_user",
+    "stackable",
+    "label",
+}
 
 
 def validate_coupon(data: Mapping[str, Any]) -> Coupon | Rejected:

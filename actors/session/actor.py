@@ -18,8 +18,6 @@ from actors.session.model import UserSessions
 from actors.shard import EnvFactory, ShardEnv, ShardShell
 from streams.events import Envelope
 
-USED_HASHES_KEPT = 64
-
 
 class SessionShardImpl(ShardShell[UserSessions]):
     """Owns the sessions of many users; every change is answered after its commit."""
@@ -47,17 +45,17 @@ class SessionShardImpl(ShardShell[UserSessions]):
 
     async def rotate(
         self, user_id: str, sid: str, presented_hash: str, new_hash: str
-    ) -> dict[str, Any]:
-        """Rotate a refresh token: ``{"ok": True}`` or ``{"ok": False, "code": ...}``."""
+    ) -> Rejected | None:
+        """Rotate a refresh token: None when rotated, else ``Rejected`` (``reused``, ...)."""
         state = await self.state(user_id)
         result = state.rotate(sid, presented_hash, new_hash, self.clock())
         if isinstance(result, Rejected):
-            return {"ok": False, "code": result.code}
+            return result
         # Decide before awaiting the commit: a concurrent reuse may revoke the
         # family meanwhile, and must not turn this (first) rotation into a loss.
         reused = state.sessions[sid].revoked_ms is not None
         await self._commit(user_id, state, result)
-        return {"ok": False, "code": "reused"} if reused else {"ok": True}
+        return Rejected("reused", "the refresh token was already used") if reused else None
 
     async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
         """End one session; False when there was no such active session."""

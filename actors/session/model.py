@@ -75,10 +75,12 @@ class UserSessions:
             self.version += 1
             return [
                 make_event(
-                    AUTH_REFRESH_REUSED, self.user_id,
-                    {"user_id": self.user_id, "session_id": sid}, now_ms,
+                    AUTH_REFRESH_REUSED,
+                    self.user_id,
+                    {"user_id": self.user_id, "session_id": sid},
+                    now_ms,
                 )
-            ]  # fmt: skip
+            ]
         if presented_hash != session.refresh_hash:
             return Rejected("invalid", "unknown refresh token")
         session.used_hashes = [*session.used_hashes, presented_hash][-USED_HASHES_KEPT:]
@@ -96,10 +98,12 @@ class UserSessions:
         self.version += 1
         return [
             make_event(
-                AUTH_SESSION_REVOKED, self.user_id,
-                {"user_id": self.user_id, "session_id": sid, "reason": reason}, now_ms,
+                AUTH_SESSION_REVOKED,
+                self.user_id,
+                {"user_id": self.user_id, "session_id": sid, "reason": reason},
+                now_ms,
             )
-        ]  # fmt: skip
+        ]
 
     def revoke_all(self, now_ms: int, reason: str) -> tuple[list[str], list[Envelope]]:
         revoked, events = [], []

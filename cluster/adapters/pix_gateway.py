@@ -98,8 +98,12 @@ class PixGateway:
             await conn.execute(
                 "INSERT INTO payments (key, provider, provider_id, status, amount, currency)"
                 " VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (key) DO NOTHING",
-                key, PROVIDER, txid, amount, CURRENCY,
-            )  # fmt: skip
+                key,
+                PROVIDER,
+                txid,
+                amount,
+                CURRENCY,
+            )
             row = await conn.fetchrow("SELECT * FROM payments WHERE key = $1", key)
             assert row is not None
             if (row["provider"], row["amount"]) != (PROVIDER, amount):
@@ -127,8 +131,10 @@ class PixGateway:
             "UPDATE payments SET status = 'succeeded', updated_at = now()"
             " WHERE key = $1 AND provider = $2 AND status = 'pending' AND amount = $3"
             " RETURNING 1",
-            key, PROVIDER, amount,
-        )  # fmt: skip
+            key,
+            PROVIDER,
+            amount,
+        )
         return done is not None
 
     async def mark_expired(self, key: str) -> bool:
@@ -137,8 +143,9 @@ class PixGateway:
             "UPDATE payments SET status = 'declined', decline_code = 'expired',"
             " message = 'The Pix charge expired unpaid.', updated_at = now()"
             " WHERE key = $1 AND provider = $2 AND status = 'pending' RETURNING 1",
-            key, PROVIDER,
-        )  # fmt: skip
+            key,
+            PROVIDER,
+        )
         return done is not None
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

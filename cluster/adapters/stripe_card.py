@@ -43,7 +43,8 @@ import stripe
 from pydantic import SecretStr
 from stripe.params import PaymentIntentCreateParams
 
-from actors.order.ports import Charge, PaymentGateway, Refund
+from actors.order.model import Charge, Refund
+from actors.order.ports import PaymentGateway
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,11 @@ class StripeCardGateway(PaymentGateway):
             await conn.execute(
                 "INSERT INTO payments (key, provider, status, amount, currency)"
                 " VALUES ($1, $2, 'pending', $3, $4) ON CONFLICT (key) DO NOTHING",
-                key, PROVIDER, amount, currency,
-            )  # fmt: skip
+                key,
+                PROVIDER,
+                amount,
+                currency,
+            )
             row = await conn.fetchrow("SELECT * FROM payments WHERE key = $1", key)
             assert row is not None
             if (row["amount"], row["currency"]) != (amount, currency):
@@ -184,8 +188,9 @@ class StripeCardGateway(PaymentGateway):
                 intent_id = intent.id
                 await conn.execute(
                     "UPDATE payments SET provider_id = $2, updated_at = now() WHERE key = $1",
-                    key, intent_id,
-                )  # fmt: skip
+                    key,
+                    intent_id,
+                )
             else:
                 intent = await intents.retrieve_async(intent_id)
             if intent.status == "requires_confirmation":
@@ -197,16 +202,23 @@ class StripeCardGateway(PaymentGateway):
         except stripe.CardError as exc:
             error = exc.error
             return await _final_charge(
-                conn, row, "declined", intent_id,
+                conn,
+                row,
+                "declined",
+                intent_id,
                 (error.decline_code if error else None) or exc.code or "card_declined",
                 exc.user_message or "The card was declined.",
-            )  # fmt: skip
+            )
         except stripe.InvalidRequestError as exc:
             if intent_id is None and await self._unusable_payment_method(exc, token):
                 return await _final_charge(
-                    conn, row, "declined", None,
-                    "invalid_payment_method", "The payment method is not valid.",
-                )  # fmt: skip
+                    conn,
+                    row,
+                    "declined",
+                    None,
+                    "invalid_payment_method",
+                    "The payment method is not valid.",
+                )
             return _unfinished(row, intent_id, exc)
         except stripe.StripeError as exc:
             return _unfinished(row, intent_id, exc)
@@ -236,10 +248,13 @@ class StripeCardGateway(PaymentGateway):
         error = intent.last_payment_error
         if intent.status == "requires_payment_method" and error is not None:
             return await _final_charge(
-                conn, row, "declined", intent.id,
+                conn,
+                row,
+                "declined",
+                intent.id,
                 error.decline_code or error.code or "card_declined",
                 error.message or "The card was declined.",
-            )  # fmt: skip
+            )
         if intent.status == "requires_action":
             # Checkout confirms server-side and cannot run 3-D Secure: cancel the
             # intent so it can never complete behind a recorded decline.
@@ -248,9 +263,13 @@ class StripeCardGateway(PaymentGateway):
             except stripe.StripeError as exc:
                 return _unfinished(row, intent.id, exc)
             return await _final_charge(
-                conn, row, "declined", intent.id, "authentication_required",
+                conn,
+                row,
+                "declined",
+                intent.id,
+                "authentication_required",
                 "The card requires authentication, which this checkout cannot perform.",
-            )  # fmt: skip
+            )
         if intent.status == "canceled":
             return await _final_charge(
                 conn, row, "declined", intent.id, "canceled", "The payment was canceled."
@@ -259,9 +278,46 @@ class StripeCardGateway(PaymentGateway):
             "charge %s: intent %s is %s; left pending", row["key"], intent.id, intent.status
         )
         return Charge(
-            "failed", None, row["amount"], row["currency"],
+            "failed",
+            None,
+            row["amount"],
+            row["currency"],
             message=f"payment is {intent.status} at the provider; retry later",
-        )  # fmt: skip
+        )
+
+    async def void(self, key: str) -> Charge | None:
+        """Settle a charge the caller gave up on; the charge if it succeeded (to refund).
+
+        A pending charge is asked about once more at the provider: a succeeded
+        intent is recorded (and returned), anything else is cancelled at the
+        provider when it can be and recorded ``declined`` (``abandoned``), so a
+        later retry with the key never charges. Nothing recorded: nothing to do.
+        """
+        async with self._pool.acquire() as conn, _locked(conn, _CHARGE_LOCK, key):
+            row = await conn.fetchrow("SELECT * FROM payments WHERE key = $1", key)
+            if row is None or row["status"] == "declined":
+                return None
+            if row["status"] == "succeeded":
+                return _recorded_charge(row)
+            if row["provider_id"] is not None:
+                intents = self._client.v1.payment_intents
+                try:
+                    intent = await intents.retrieve_async(row["provider_id"])
+                    if intent.status == "succeeded":
+                        return await _final_charge(conn, row, "succeeded", intent.id, None, None)
+                    if intent.status != "canceled":
+                        await intents.cancel_async(intent.id)
+                except stripe.StripeError as exc:
+                    log.warning("void %s: %s; recorded abandoned", key, _provider_error(exc))
+            await _final_charge(
+                conn,
+                row,
+                "declined",
+                None,
+                "abandoned",
+                "The payment could not be completed in time.",
+            )
+        return None
 
     # --- refunds --------------------------------------------------------------
 
@@ -272,8 +328,9 @@ class StripeCardGateway(PaymentGateway):
         async with self._pool.acquire() as conn:
             payment = await conn.fetchrow(
                 "SELECT key, status, amount FROM payments WHERE provider = $1 AND provider_id = $2",
-                PROVIDER, payment_id,
-            )  # fmt: skip
+                PROVIDER,
+                payment_id,
+            )
             if payment is None or payment["status"] != "succeeded":
                 raise ValueError("only a payment that succeeded through this gateway is refunded")
             async with _locked(conn, _REFUND_LOCK, payment["key"]):
@@ -288,8 +345,10 @@ class StripeCardGateway(PaymentGateway):
                     row = await conn.fetchrow(
                         "INSERT INTO refunds (key, payment_key, status, amount)"
                         " VALUES ($1, $2, 'pending', $3) RETURNING *",
-                        key, payment["key"], amount,
-                    )  # fmt: skip
+                        key,
+                        payment["key"],
+                        amount,
+                    )
                     assert row is not None
                     resumed = False
                 else:
@@ -326,8 +385,9 @@ class StripeCardGateway(PaymentGateway):
         await conn.execute(
             "UPDATE refunds SET status = 'succeeded', provider_id = $2, updated_at = now()"
             " WHERE key = $1",
-            key, found.id,
-        )  # fmt: skip
+            key,
+            found.id,
+        )
         return Refund("succeeded", found.id, amount)
 
     async def _find_refund(self, payment_id: str, key: str) -> stripe.Refund | None:
@@ -344,9 +404,13 @@ class StripeCardGateway(PaymentGateway):
 
 def _recorded_charge(row: asyncpg.Record) -> Charge:
     return Charge(
-        row["status"], row["provider_id"], row["amount"], row["currency"],
-        row["decline_code"], row["message"],
-    )  # fmt: skip
+        row["status"],
+        row["provider_id"],
+        row["amount"],
+        row["currency"],
+        row["decline_code"],
+        row["message"],
+    )
 
 
 async def _final_charge(
@@ -360,8 +424,12 @@ async def _final_charge(
     await conn.execute(
         "UPDATE payments SET status = $2, provider_id = coalesce($3, provider_id),"
         " decline_code = $4, message = $5, updated_at = now() WHERE key = $1",
-        row["key"], status, provider_id, decline_code, message,
-    )  # fmt: skip
+        row["key"],
+        status,
+        provider_id,
+        decline_code,
+        message,
+    )
     recorded = await conn.fetchrow("SELECT * FROM payments WHERE key = $1", row["key"])
     assert recorded is not None
     return _recorded_charge(recorded)
@@ -372,6 +440,9 @@ def _unfinished(row: asyncpg.Record, intent_id: str | None, exc: stripe.StripeEr
         "charge %s (intent %s): %s; left pending", row["key"], intent_id, _provider_error(exc)
     )
     return Charge(
-        "failed", None, row["amount"], row["currency"],
+        "failed",
+        None,
+        row["amount"],
+        row["currency"],
         message=f"payment provider unavailable: {type(exc).__name__}",
-    )  # fmt: skip
+    )

@@ -1,5 +1,7 @@
-"""Authentication primitives: password hashing and policy, access and refresh tokens, TOTP.
+"""Authentication at the edge: who is calling (``principal``), access and refresh tokens,
+TOTP, and the login flows the auth routers share (``flows``).
 
-Every module here is pure: no Ray, no network, no database, and time is passed in.
-The HTTP layer and the account actors wire them to storage.
+Password hashing and the signing key ring are identity-domain primitives the
+command line needs too: they live in ``actors.session.passwords`` and
+``actors.session.keyring``; the key ring's storage in ``cluster.adapters.signing_keys``.
 """

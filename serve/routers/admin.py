@@ -16,23 +16,23 @@ from typing import Annotated, Any, TypeVar
 
 import ray
 from fastapi import APIRouter, Body, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from actors.clients import InventoryClient
+from actors.messages import now_ms
 from actors.pricing.engine import Coupon, FieldError, Promotion, Rejected, validate_coupon
 from actors.pricing.engine import validate_promotion as engine_validate_promotion
-from serve import pricing_service
+from actors.writebehind import insert_outbox
+from cluster.adapters import pricing_store
 from serve.auth.principal import ADMIN, Admin
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
 from serve.runtime import runtime
-from serve.schemas import Sku
+from serve.schemas import Input, Sku
+from streams.events import PRICING_CHANGED, make_event
 from streams.outbox import relay_actor_name
 
 router = APIRouter(tags=["admin"])
-
-
-class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SetStock(Input):
@@ -56,34 +56,34 @@ _STATUS = {"unknown-sku": 404, "below-reserved": 409, "invalid": 422}
 
 async def _stock(call: Any) -> dict[str, Any]:
     reply = await actor_call(call, "Inventory")
-    if not reply["ok"]:
-        raise Problem(_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
-    return {k: reply[k] for k in ("sku", "on_hand", "reserved", "available")}
+    if isinstance(reply, Rejected):
+        raise Problem(_STATUS.get(reply.code, 422), reply.code, reply.detail)
+    return {k: getattr(reply, k) for k in ("sku", "on_hand", "reserved", "available")}
 
 
-def _shard(sku: str) -> Any:
-    return runtime().directory.get("inventory", sku)
+def _inventory() -> InventoryClient:
+    return InventoryClient(runtime().directory)
 
 
 @router.get("/v1/admin/inventory/{sku}", response_model=Stock, openapi_extra=ADMIN)
 async def get_stock(sku: Sku, _admin: Admin) -> Any:
     """On hand, reserved and available units of one SKU."""
     await runtime().ready()
-    return await _stock(_shard(sku).get.remote(sku))
+    return await _stock(_inventory().get(sku))
 
 
 @router.put("/v1/admin/inventory/{sku}", response_model=Stock, openapi_extra=ADMIN)
 async def set_stock(sku: Sku, body: SetStock, _admin: Admin) -> Any:
     """Set on-hand stock; refused (409) below what is reserved."""
     await runtime().ready()
-    return await _stock(_shard(sku).set_on_hand.remote(sku, body.on_hand))
+    return await _stock(_inventory().set_on_hand(sku, body.on_hand))
 
 
 @router.post("/v1/admin/inventory/{sku}/adjust", response_model=Stock, openapi_extra=ADMIN)
 async def adjust_stock(sku: Sku, body: AdjustStock, _admin: Admin) -> Any:
     """Add (positive delta) or remove stock with a reason; never below what is reserved."""
     await runtime().ready()
-    return await _stock(_shard(sku).adjust.remote(sku, body.delta, body.reason))
+    return await _stock(_inventory().adjust(sku, body.delta, body.reason))
 
 
 # --- promotions and coupons -------------------------------------------------------
@@ -251,21 +251,39 @@ async def create_promotion(
     `tiers` `[[min_quantity, bp], ...]`); `target` (`sku`, `category` or `cart`) and
     `target_value` (not for `cart`); `starts_at` and `ends_at` (exclusive), RFC 3339
     or epoch seconds; optional `stackable`, `priority`, `label`. Carts see it within
-    5 seconds. An existing id is a 409; promotions are never overwritten.
+    about a second (every replica reloads on `pricing.changed`). An existing id is
+    a 409; promotions are never overwritten.
     """
     promotion: Promotion = _validated(body, "id", engine_validate_promotion)
-    doc = pricing_service.promotion_doc(promotion)
+    doc = pricing_store.promotion_doc(promotion)
     rt = await runtime().ready()
-    async with rt.pool.acquire() as conn:
+    async with rt.pool.acquire() as conn, conn.transaction():
         created_at = await conn.fetchval(
             "INSERT INTO promotions (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
             " RETURNING created_at",
-            promotion.id, doc,
-        )  # fmt: skip
+            promotion.id,
+            doc,
+        )
+        if created_at is not None:
+            await _pricing_changed(rt, conn, "promotion", promotion.id)
     if created_at is None:
         raise Problem(409, "promotion-exists", f"A promotion with id {promotion.id!r} exists.")
-    pricing_service.TABLES.invalidate()
+    await _reload_pricing(rt)
     return _promotion_view(doc, created_at)
+
+
+async def _pricing_changed(rt: Any, conn: Any, what: str, key: str) -> None:
+    """``pricing.changed`` through the outbox, in the transaction of the change: every
+    replica reloads its pricing tables and coupons when the relay publishes it."""
+    event = make_event(PRICING_CHANGED, key, {"what": what, "id": key}, now_ms())
+    s = rt.settings
+    await insert_outbox(conn, [event], s.events_tenant, s.events_namespace)
+
+
+async def _reload_pricing(rt: Any) -> None:
+    """This replica sees its own change at once (the others within the relay's delay)."""
+    if rt.catalog is not None:
+        await rt.catalog.reload_pricing()
 
 
 @router.get("/v1/admin/promotions", response_model=PromotionPage, openapi_extra=ADMIN)
@@ -308,16 +326,20 @@ async def create_coupon(
     is a 409.
     """
     coupon: Coupon = _validated(body, "code", validate_coupon)
-    doc = pricing_service.coupon_doc(coupon)
+    doc = pricing_store.coupon_doc(coupon)
     rt = await runtime().ready()
-    async with rt.pool.acquire() as conn:
+    async with rt.pool.acquire() as conn, conn.transaction():
         created_at = await conn.fetchval(
             "INSERT INTO coupons (code, data) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING"
             " RETURNING created_at",
-            coupon.code, doc,
-        )  # fmt: skip
+            coupon.code,
+            doc,
+        )
+        if created_at is not None:
+            await _pricing_changed(rt, conn, "coupon", coupon.code)
     if created_at is None:
         raise Problem(409, "coupon-exists", f"A coupon with code {coupon.code!r} exists.")
+    await _reload_pricing(rt)
     return _coupon_view(doc, 0, created_at)
 
 

@@ -1,27 +1,35 @@
 """Cart routes: the caller's cart (anonymous by cart token, or the user's), priced.
 
+A warm cart read or edit makes no PostgreSQL round trip: the cart (lines and
+coupon code) is its shard's state, reached through ``CartClient``; product
+facts, availability, pricing tables and coupon definitions are the replica's
+in-memory ``CatalogState``; the cart is priced once, in memory. Applying a
+coupon is the exception: it reads the code's usage counts (the authoritative
+limits are enforced again, atomically, at checkout).
+
 No ``from __future__ import annotations``: FastAPI must see real annotations.
 """
 
-import time
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
+import msgspec
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from actors.pricing.engine import AppliedDiscount, Destination, Quote, Rejected
-from serve import pricing_service, problems
+from actors.cart.model import CartView as ShardCart
+from actors.messages import Rejected
+from actors.pricing.engine import AppliedDiscount, Destination, Quote
+from cluster.adapters import pricing_store
+from cluster.adapters.pricing_store import ProductFacts
 from serve.auth.principal import PUBLIC, MaybeUser
-from serve.problems import Problem, actor_call
-from serve.routers.catalog import product_by_sku
-from serve.runtime import runtime
+from serve.catalog_state import CatalogState
+from serve.problems import Problem, actor_call, rejected
+from serve.runtime import Runtime, runtime
 from serve.schemas import AddItem, ApplyCoupon, CartView, SetQuantity, Sku, money
 
 router = APIRouter(tags=["cart"])
 CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
-
-
-async def _call_shard(ref: Any) -> Any:
-    return await problems.actor_call(ref, "The cart service")
+WHAT = "The cart service"
 
 
 def _discount(d: AppliedDiscount) -> dict[str, Any]:
@@ -29,9 +37,9 @@ def _discount(d: AppliedDiscount) -> dict[str, Any]:
 
 
 def _cart_body(
-    view: dict[str, Any],
+    view: ShardCart,
     priced: Quote,
-    facts: dict[str, pricing_service.ProductFacts],
+    catalog: CatalogState,
     token: str | None,
     coupon: dict[str, Any] | None,
     state: str | None,
@@ -39,23 +47,23 @@ def _cart_body(
     """The cart response from the shard's view and its quote (lines in the same order)."""
     promotions: dict[str, dict[str, Any]] = {}
     lines = []
-    for line, quoted in zip(view["lines"], priced.lines, strict=True):
+    for line, quoted in zip(view.lines, priced.lines, strict=True):
         for d in quoted.discounts:
             entry = promotions.setdefault(
                 d.id, {"id": d.id, "label": d.label, "amount": 0, "kind": "promotion"}
             )
             entry["amount"] += d.amount
-        fact = facts.get(line["sku"])
         lines.append(
             {
-                "sku": line["sku"],
-                "name": line["name"],
-                "quantity": line["quantity"],
+                "sku": line.sku,
+                "name": line.name,
+                "quantity": line.quantity,
                 "unit_price": money(quoted.unit_price),
                 "line_subtotal": money(quoted.line_subtotal),
                 "discounts": [_discount(d) for d in quoted.discounts],
                 "line_total": money(quoted.line_total),
-                "available": fact is not None and fact.available >= line["quantity"],
+                "available": line.sku in catalog.products
+                and catalog.available.get(line.sku, 0) >= line.quantity,
             }
         )
     discounts = [{**p, "amount": money(p["amount"])} for p in promotions.values()]
@@ -79,12 +87,8 @@ def _cart_body(
     }
 
 
-_REJECTION_STATUS = {"not-in-cart": 404, "quantity-limit": 422, "cart-full": 422}
-
-
-async def _cart_id(token: str | None, principal: Any = None) -> tuple[str, str | None]:
+def _cart_id(rt: Runtime, token: str | None, principal: Any = None) -> tuple[str, str | None]:
     """The caller's cart id and, for anonymous callers, their cart token."""
-    rt = await runtime().ready()
     assert rt.tokens is not None
     if principal is not None:
         return f"user:{principal.user_id}", None
@@ -96,50 +100,57 @@ async def _cart_id(token: str | None, principal: Any = None) -> tuple[str, str |
     return cart_id, token
 
 
+def _checked(reply: ShardCart | Rejected) -> ShardCart:
+    if isinstance(reply, Rejected):
+        raise rejected(reply)
+    return reply
+
+
+async def _view(rt: Runtime, cart_id: str, token: str | None, header: str | None) -> ShardCart:
+    """The shard's view; a cart whose token was issued just now is empty, no call needed."""
+    if header is None and token is not None:
+        return ShardCart(cart_id, 0, (), 0, None)
+    return await actor_call(rt.carts.get(cart_id), WHAT)
+
+
 async def _render(
-    view: dict[str, Any],
+    rt: Runtime,
+    view: ShardCart,
     token: str | None,
     response: Response,
     principal: Any = None,
     shipping_method: str | None = None,
     state: str | None = None,
 ) -> Any:
-    """The cart as answered: lines with availability, priced by the pricing engine.
+    """The cart as answered: lines with availability, priced once by the pricing engine.
 
-    A stored coupon that no longer applies is shown with ``applied: false`` and
-    the reason, and the cart is priced without it; a shipping request the engine
-    refuses (unknown method, unreachable state) is a 422.
+    A held coupon that no longer applies is shown with ``applied: false`` and the
+    reason, and the cart is priced without it (a second in-memory quote, the only
+    one); a shipping request the engine refuses (unknown method, unreachable
+    state) is a 422.
     """
-    rt = await runtime().ready()
+    catalog = rt.catalog
+    assert catalog is not None
     user_id = principal.user_id if principal is not None else None
     destination = Destination("BR", state, "") if state is not None else None
-    method = shipping_method if view["lines"] else None  # nothing to ship
-    skus = [line["sku"] for line in view["lines"]]
-    async with rt.pool.acquire() as conn:
-        facts = await pricing_service.product_facts(conn, skus)
-        code = await pricing_service.cart_coupon(conn, view["cart_id"])
-        priced = await pricing_service.cart_quote(
-            conn, view, code, user_id, method, destination, facts=facts
-        )
-        coupon: dict[str, Any] | None = None
-        if code is not None:
-            coupon = {"code": code, "applied": True, "reason_code": None, "reason": None}
-            if isinstance(priced, Rejected) and priced.code.startswith("coupon-"):
-                coupon.update(applied=False, reason_code=priced.code, reason=priced.detail)
-                priced = await pricing_service.cart_quote(
-                    conn, view, None, user_id, method, destination, facts=facts
-                )
+    method = shipping_method if view.lines else None  # nothing to ship
+    facts: dict[str, ProductFacts] = await catalog.facts([x.sku for x in view.lines])
+    lines = catalog.lines(view, facts)
+    code = view.coupon
+    definition = await catalog.coupon(code) if code is not None else None
+    priced = catalog.quote(lines, definition, code, user_id, method, destination)
+    coupon: dict[str, Any] | None = None
+    if code is not None:
+        coupon = {"code": code, "applied": True, "reason_code": None, "reason": None}
+        if isinstance(priced, Rejected) and priced.code.startswith("coupon-"):
+            coupon.update(applied=False, reason_code=priced.code, reason=priced.detail)
+            priced = catalog.quote(lines, None, None, user_id, method, destination)
     if isinstance(priced, Rejected):
         raise Problem(422, priced.code, priced.detail)
-    if token is not None:
-        response.headers[CART_TOKEN] = token
-    return _cart_body(view, priced, facts, token, coupon, state)
-
-
-def _reply(reply: dict[str, Any]) -> dict[str, Any]:
-    if not reply["ok"]:
-        raise Problem(_REJECTION_STATUS.get(reply["code"], 422), reply["code"], reply["detail"])
-    return reply["cart"]
+    # Encoded here, not validated again against ``CartView`` (the body is built to it).
+    body = msgspec.json.encode(_cart_body(view, priced, catalog, token, coupon, state))
+    headers = {CART_TOKEN: token} if token is not None else None
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get(
@@ -170,16 +181,9 @@ async def get_cart(
     rules of that state. An empty cart has nothing to ship (`shipping` stays null).
     """
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    t0 = time.perf_counter()
-    view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
-    t1 = time.perf_counter()
-    body = await _render(view, token, response, principal, shipping_method, state)
-    t2 = time.perf_counter()
-    response.headers["Server-Timing"] = (
-        f"shard;dur={(t1 - t0) * 1000:.2f}, db;dur={(t2 - t1) * 1000:.2f}"
-    )
-    return body
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    view = await _view(rt, cart_id, token, x_cart_token)
+    return await _render(rt, view, token, response, principal, shipping_method, state)
 
 
 @router.post(
@@ -196,15 +200,17 @@ async def add_item(
 ) -> Any:
     """Add a product; quantities of the same SKU add up."""
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    product = await product_by_sku(body.sku)
-    shard = rt.directory.get("cart", cart_id)
-    reply = await _call_shard(
-        shard.add_item.remote(
-            cart_id, body.sku, product["name"], product["price"]["amount"], body.quantity
-        )
+    assert rt.catalog is not None
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    found = await rt.catalog.product(body.sku)
+    if found is None:
+        raise Problem(404, "not-found", "No such product.")
+    product = found[0]
+    reply = await actor_call(
+        rt.carts.add_item(cart_id, body.sku, product.name, product.price_minor, body.quantity),
+        WHAT,
     )
-    return await _render(_reply(reply), token, response, principal)
+    return await _render(rt, _checked(reply), token, response, principal)
 
 
 @router.patch("/v1/cart/items/{sku}", response_model=CartView, openapi_extra=PUBLIC)
@@ -217,10 +223,9 @@ async def set_quantity(
 ) -> Any:
     """Set a line's quantity; 0 removes it."""
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    shard = rt.directory.get("cart", cart_id)
-    reply = await _call_shard(shard.set_quantity.remote(cart_id, sku, body.quantity))
-    return await _render(_reply(reply), token, response, principal)
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    reply = await actor_call(rt.carts.set_quantity(cart_id, sku, body.quantity), WHAT)
+    return await _render(rt, _checked(reply), token, response, principal)
 
 
 @router.delete("/v1/cart/items/{sku}", response_model=CartView, openapi_extra=PUBLIC)
@@ -232,10 +237,9 @@ async def remove_item(
 ) -> Any:
     """Remove a line."""
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    shard = rt.directory.get("cart", cart_id)
-    reply = await _call_shard(shard.remove_item.remote(cart_id, sku))
-    return await _render(_reply(reply), token, response, principal)
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    reply = await actor_call(rt.carts.remove_item(cart_id, sku), WHAT)
+    return await _render(rt, _checked(reply), token, response, principal)
 
 
 @router.post(
@@ -252,23 +256,29 @@ async def apply_coupon(
 ) -> Any:
     """Apply a coupon code (case-insensitive) to the cart; it replaces any earlier one.
 
-    The code is checked by pricing the cart with it. When it does not apply the
-    answer is a 422 whose `type` ends with the reason (`coupon-unknown`,
-    `coupon-not-started`, `coupon-expired`, `coupon-exhausted`,
+    The code is checked by pricing the cart with it, usage limits included. When it
+    does not apply the answer is a 422 whose `type` ends with the reason
+    (`coupon-unknown`, `coupon-not-started`, `coupon-expired`, `coupon-exhausted`,
     `coupon-login-required`, `coupon-user-limit`, `coupon-min-subtotal`,
-    `coupon-not-stackable`) and the cart keeps its previous coupon. The coupon
-    stays with the cart and is re-checked every time the cart is shown.
+    `coupon-not-stackable`) and the cart keeps its previous coupon. The coupon stays
+    with the cart and is re-checked every time the cart is shown (against its
+    definition; usage limits are checked here and at checkout).
     """
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
+    catalog = rt.catalog
+    assert catalog is not None
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    view = await _view(rt, cart_id, token, x_cart_token)
     user_id = principal.user_id if principal is not None else None
-    async with rt.pool.acquire() as conn:
-        priced = await pricing_service.cart_quote(conn, view, body.code, user_id)
-        if isinstance(priced, Rejected):
-            raise Problem(422, priced.code, priced.detail)
-        await pricing_service.set_cart_coupon(conn, cart_id, body.code)
-    return await _render(view, token, response, principal)
+    definition = await pricing_store.coupon_with_uses(rt.pool, body.code, user_id)
+    if definition is not None:  # the replica learns a code it had not seen yet
+        catalog.coupons[definition.code] = replace(definition, uses_total=0, uses_by_user={})
+    lines = catalog.lines(view, await catalog.facts([x.sku for x in view.lines]))
+    priced = catalog.quote(lines, definition, body.code, user_id)
+    if isinstance(priced, Rejected):
+        raise Problem(422, priced.code, priced.detail)
+    reply = await actor_call(rt.carts.apply_coupon(cart_id, body.code), WHAT)
+    return await _render(rt, _checked(reply), token, response, principal)
 
 
 @router.delete("/v1/cart/coupon", response_model=CartView, openapi_extra=PUBLIC)
@@ -279,38 +289,30 @@ async def remove_coupon(
 ) -> Any:
     """Remove the cart's coupon (a cart without one is left as it is) and answer the cart."""
     rt = await runtime().ready()
-    cart_id, token = await _cart_id(x_cart_token, principal)
-    async with rt.pool.acquire() as conn:
-        await pricing_service.clear_cart_coupon(conn, cart_id)
-    view = await _call_shard(rt.directory.get("cart", cart_id).get.remote(cart_id))
-    return await _render(view, token, response, principal)
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    if x_cart_token is None and token is not None:
+        view = await _view(rt, cart_id, token, x_cart_token)
+    else:
+        view = await actor_call(rt.carts.remove_coupon(cart_id), WHAT)
+    return await _render(rt, view, token, response, principal)
 
 
 async def merge_anonymous_cart(rt: Any, request: Request, user_id: str) -> None:
-    """Login: the anonymous cart's lines (and coupon) move into the user's cart."""
+    """Login: the anonymous cart's lines and coupon move into the user's cart.
+
+    One command on the user's cart shard takes both (``absorb``: lines as far as
+    the rules allow, the coupon unless the user's cart has one), durably; only then
+    is the anonymous cart cleared. A crash between the two leaves the lines in both
+    carts, never in neither.
+    """
     token = request.headers.get("x-cart-token")
     if not token or rt.tokens is None:
         return
     anon_id = rt.tokens.cart_id(token)
     if anon_id is None:
         return
-    anon = rt.directory.get("cart", anon_id)
-    view = await actor_call(anon.get.remote(anon_id))
-    if not view["lines"]:
+    anon = await actor_call(rt.carts.get(anon_id), WHAT)
+    if not anon.lines and anon.coupon is None:
         return
-    user_cart = f"user:{user_id}"
-    await actor_call(
-        rt.directory.get("cart", user_cart).merge_into.remote(user_cart, view["lines"])
-    )
-    await actor_call(anon.clear.remote(anon_id))
-    await _carry_coupon(rt, anon_id, user_cart)
-
-
-async def _carry_coupon(rt: Any, anon_id: str, user_cart: str) -> None:
-    """The anonymous cart's coupon follows its lines, unless the user's cart has one."""
-    code = await pricing_service.cart_coupon(rt.pool, anon_id)
-    if code is None:
-        return
-    if await pricing_service.cart_coupon(rt.pool, user_cart) is None:
-        await pricing_service.set_cart_coupon(rt.pool, user_cart, code)
-    await pricing_service.clear_cart_coupon(rt.pool, anon_id)
+    await actor_call(rt.carts.absorb(f"user:{user_id}", anon.lines, anon.coupon), WHAT)
+    await actor_call(rt.carts.clear(anon_id), WHAT)

@@ -5,8 +5,10 @@ No ``from __future__ import annotations``: FastAPI must see real annotations.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+import msgspec
+from fastapi import APIRouter, Query, Response
 
+from cluster.adapters.pricing_store import ProductFacts
 from serve.auth.principal import PUBLIC
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem
@@ -82,24 +84,35 @@ async def list_products(
 )
 async def get_product(sku: str) -> Any:
     """One product with its price, attributes, images and whether it is in stock."""
-    return await product_by_sku(sku)
-
-
-async def product_by_sku(sku: str) -> dict[str, Any]:
     rt = await runtime().ready()
-    cached = rt.products.get(sku)
-    if cached is not None:
-        return cached
-    if len(sku) > 32:
+    assert rt.catalog is not None
+    found = await rt.catalog.product(sku) if len(sku) <= 32 else None
+    if found is None:
         raise Problem(404, "not-found", "No such product.")
-    async with rt.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            f"SELECT {_PRODUCT_COLUMNS} FROM products p LEFT JOIN inventory i USING (sku)"
-            " WHERE p.sku = $1",
-            sku,
-        )
-    if row is None:
-        raise Problem(404, "not-found", "No such product.")
-    product = _product(row)
-    rt.products.put(sku, product)
-    return product
+    facts, available = found
+    in_stock = available > 0
+    cached = _pages.get(sku)
+    # A changed product is a new facts object; encoded pages are reused until then.
+    if cached is None or cached[0] is not facts or cached[1] != in_stock:
+        if len(_pages) > 50_000:
+            _pages.clear()
+        cached = (facts, in_stock, msgspec.json.encode(_page(facts, available)))
+        _pages[sku] = cached
+    return Response(cached[2], media_type="application/json")
+
+
+# The encoded product page per SKU, with the facts and stock flag it was made from.
+_pages: dict[str, tuple[ProductFacts, bool, bytes]] = {}
+
+
+def _page(facts: ProductFacts, available: int) -> dict[str, Any]:
+    return {
+        "sku": facts.sku,
+        "name": facts.name,
+        "description": facts.description,
+        "category": facts.category,
+        "price": money(facts.price_minor, facts.currency),
+        "attributes": facts.attributes,
+        "images": facts.images,
+        "in_stock": available > 0,
+    }

@@ -10,8 +10,9 @@ def new_shopper(http: httpx.Client) -> dict[str, str]:
     """Register and log in a new shopper; returns its headers and ids."""
     email = f"t-{uuid.uuid4().hex}@example.com"
     password = secrets.token_urlsafe(14)
-    reply = http.post("/v1/auth/register", json={"email": email, "password": password,
-                                                  "name": "Test Shopper"})  # fmt: skip
+    reply = http.post(
+        "/v1/auth/register", json={"email": email, "password": password, "name": "Test Shopper"}
+    )
     assert reply.status_code == 201, reply.text
     tokens = http.post(
         "/v1/auth/token",
@@ -31,9 +32,12 @@ def login_with_cart(http: httpx.Client, shopper: dict[str, str], cart_token: str
     tokens = http.post(
         "/v1/auth/token",
         headers={"X-Cart-Token": cart_token},
-        data={"grant_type": "password", "username": shopper["email"],
-              "password": shopper["password"]},
-    )  # fmt: skip
+        data={
+            "grant_type": "password",
+            "username": shopper["email"],
+            "password": shopper["password"],
+        },
+    )
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access_token']}"}
 
@@ -48,8 +52,10 @@ async def new_product(db, on_hand: int, price: int = 5_000, category: str = "tes
     await db.execute(
         "INSERT INTO products (sku, name, description, category, price_minor)"
         " VALUES ($1, 'Test item', 'For tests', $2, $3)",
-        sku, category, price,
-    )  # fmt: skip
+        sku,
+        category,
+        price,
+    )
     await db.execute("INSERT INTO inventory (sku, on_hand) VALUES ($1, $2)", sku, on_hand)
     return sku
 
@@ -63,9 +69,13 @@ def new_admin(http: httpx.Client) -> dict[str, str]:
     email, password = f"t-{uuid.uuid4().hex}@example.com", secrets.token_urlsafe(16)
     subprocess.run(
         [str(Path(sys.executable).parent / "agora"), "admin", "create", email, "--password-stdin"],
-        input=password + "\n", text=True, check=True, capture_output=True, timeout=120,
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=120,
         cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
+    )
     tokens = http.post(
         "/v1/auth/token",
         data={"grant_type": "password", "username": email, "password": password},

@@ -35,8 +35,13 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 AGORA = Path(sys.executable).parent / "agora"
 # Requests that count against the per-IP auth limit (the handler runs _limit_ip).
-COUNTED = {"/v1/auth/register", "/v1/auth/token", "/v1/auth/mfa", "/v1/auth/mfa/enroll",
-           "/v1/auth/mfa/confirm"}  # fmt: skip
+COUNTED = {
+    "/v1/auth/register",
+    "/v1/auth/token",
+    "/v1/auth/mfa",
+    "/v1/auth/mfa/enroll",
+    "/v1/auth/mfa/confirm",
+}
 AUTH_CALL_BUDGET = 80
 _auth_calls = [0]
 
@@ -116,8 +121,9 @@ def assert_401(reply: httpx.Response) -> dict:
 def register(http: httpx.Client, name: str | None = None) -> Account:
     email, password = new_email(), new_password()
     name = name or f"Tester {uuid.uuid4().hex[:6]}"
-    reply = http.post("/v1/auth/register", json={"email": email, "password": password,
-                                                 "name": name})  # fmt: skip
+    reply = http.post(
+        "/v1/auth/register", json={"email": email, "password": password, "name": name}
+    )
     assert reply.status_code == 201, reply.text
     return Account(email, password, name, reply.json()["user_id"])
 
@@ -220,8 +226,13 @@ def test_every_operation_declares_a_role(http):
     ]
     assert undeclared == []
     roles = {(m, p): op["x-required-role"] for m, p, op in operations}
-    for operation in [("GET", "/v1/me"), ("DELETE", "/v1/me"), ("GET", "/v1/me/export"),
-                      ("POST", "/v1/auth/logout"), ("GET", "/v1/auth/sessions")]:  # fmt: skip
+    for operation in [
+        ("GET", "/v1/me"),
+        ("DELETE", "/v1/me"),
+        ("GET", "/v1/me/export"),
+        ("POST", "/v1/auth/logout"),
+        ("GET", "/v1/auth/sessions"),
+    ]:
         assert roles[operation] == "shopper", operation
     assert roles[("GET", "/v1/admin/cluster")] == "admin"
     assert all(r == "admin" for (_m, p), r in roles.items() if p.startswith("/v1/admin/"))
@@ -263,9 +274,10 @@ def test_protected_operations_refuse_missing_and_garbage_tokens(http, shopper):
 
 def _pem(jwk: dict[str, Any]) -> bytes:
     numbers = ec.EllipticCurvePublicNumbers(
-        int.from_bytes(unb64(jwk["x"]), "big"), int.from_bytes(unb64(jwk["y"]), "big"),
+        int.from_bytes(unb64(jwk["x"]), "big"),
+        int.from_bytes(unb64(jwk["y"]), "big"),
         ec.SECP256R1(),
-    )  # fmt: skip
+    )
     return numbers.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -274,8 +286,12 @@ def _pem(jwk: dict[str, Any]) -> bytes:
 def _own_key() -> tuple[ec.EllipticCurvePrivateKey, dict[str, Any]]:
     key = ec.generate_private_key(ec.SECP256R1())
     numbers = key.public_key().public_numbers()
-    jwk = {"kty": "EC", "crv": "P-256", "x": b64(numbers.x.to_bytes(32, "big")),
-           "y": b64(numbers.y.to_bytes(32, "big"))}  # fmt: skip
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64(numbers.x.to_bytes(32, "big")),
+        "y": b64(numbers.y.to_bytes(32, "big")),
+    }
     return key, jwk
 
 
@@ -341,8 +357,9 @@ async def test_forged_access_tokens_are_refused(http, shopper, jwks, db):
     other_id = str(uuid.uuid4())
     await db.execute(
         "INSERT INTO users (user_id, email, name, password_hash) VALUES ($1, $2, 'Other', '!')",
-        other_id, f"other-{other_id}@example.com",
-    )  # fmt: skip
+        other_id,
+        f"other-{other_id}@example.com",
+    )
     other = await db.fetchval("SELECT user_id FROM users WHERE user_id = $1", other_id)
     assert other
     accepted = []
@@ -499,15 +516,17 @@ async def test_totp_enrolment_login_replay_and_recovery_codes(http, db):
     codes = confirm.json()["recovery_codes"]
     assert confirm.json()["mfa_enabled"] is True
     assert len(codes) == len(set(codes)) == 10
-    stored = await db.fetch("SELECT code_hash FROM recovery_codes WHERE user_id = $1",
-                            account.user_id)  # fmt: skip
+    stored = await db.fetch(
+        "SELECT code_hash FROM recovery_codes WHERE user_id = $1", account.user_id
+    )
     assert len(stored) == 10 and not {r["code_hash"] for r in stored} & set(codes)
     assert http.get("/v1/me", headers=tokens.headers).json()["mfa_enabled"] is True
 
     # A password alone no longer logs in; a wrong code is refused, the right one works.
     mfa_token = _mfa_required(http, account)
-    assert_401(http.post("/v1/auth/mfa", json={"mfa_token": mfa_token,
-                                               "code": _wrong_code(secret)}))  # fmt: skip
+    assert_401(
+        http.post("/v1/auth/mfa", json={"mfa_token": mfa_token, "code": _wrong_code(secret)})
+    )
     # The confirm code's step is used up, so take the next step's (±1 step drift).
     code = totp.at(time.time() + 30)
     mfa_tokens = tokens_of(http.post("/v1/auth/mfa", json={"mfa_token": mfa_token, "code": code}))
@@ -532,8 +551,9 @@ async def test_totp_enrolment_login_replay_and_recovery_codes(http, db):
 
     again = http.post("/v1/auth/mfa/enroll", headers=recovered.headers)
     assert assert_problem(again, 409)["type"].endswith("/mfa-already-enabled")
-    secret_now = await db.fetchval("SELECT mfa_secret FROM users WHERE user_id = $1",
-                                   account.user_id)  # fmt: skip
+    secret_now = await db.fetchval(
+        "SELECT mfa_secret FROM users WHERE user_id = $1", account.user_id
+    )
     assert secret_now == secret
 
 
@@ -571,10 +591,16 @@ def test_successful_logins_do_not_count_as_failures(http):
 
 @pytest.mark.parametrize(
     "extra",
-    [{"role": "admin"}, {"roles": ["admin"]}, {"is_admin": True}, {"user_id": "u-1"},
-     {"mfa_secret": "JBSWY3DPEHPK3PXP"}, {"email_verified": True}],
+    [
+        {"role": "admin"},
+        {"roles": ["admin"]},
+        {"is_admin": True},
+        {"user_id": "u-1"},
+        {"mfa_secret": "JBSWY3DPEHPK3PXP"},
+        {"email_verified": True},
+    ],
     ids=lambda e: next(iter(e)),
-)  # fmt: skip
+)
 async def test_register_refuses_extra_fields(http, db, extra):
     email = new_email()
     body = {"email": email, "password": new_password(), "name": "Mallory", **extra}
@@ -585,9 +611,15 @@ async def test_register_refuses_extra_fields(http, db, extra):
 
 async def test_profile_patch_refuses_privileged_fields(http, db, shopper):
     account, tokens = shopper
-    for body in ({"roles": ["admin"]}, {"email": "x@y.z"}, {"role": "admin"},
-                 {"name": "New", "roles": ["shopper", "admin"]}, {"user_id": "other"},
-                 {"mfa_secret": None}, {"erased_at": None}):  # fmt: skip
+    for body in (
+        {"roles": ["admin"]},
+        {"email": "x@y.z"},
+        {"role": "admin"},
+        {"name": "New", "roles": ["shopper", "admin"]},
+        {"user_id": "other"},
+        {"mfa_secret": None},
+        {"erased_at": None},
+    ):
         assert_problem(http.patch("/v1/me", json=body, headers=tokens.headers), 422)
     ok = http.patch("/v1/me", json={"preferences": {"roles": "admin"}}, headers=tokens.headers)
     assert ok.status_code == 200
@@ -601,46 +633,75 @@ async def test_profile_patch_refuses_privileged_fields(http, db, shopper):
 async def test_register_validation(http, db, shopper):
     account, _tokens = shopper
     local, domain = account.email.split("@")
-    taken = http.post("/v1/auth/register", json={
-        "email": f"  {local.upper()}@{domain.upper()} ", "password": new_password(),
-        "name": "Twin"})  # fmt: skip
+    taken = http.post(
+        "/v1/auth/register",
+        json={
+            "email": f"  {local.upper()}@{domain.upper()} ",
+            "password": new_password(),
+            "name": "Twin",
+        },
+    )
     assert assert_problem(taken, 409)["type"].endswith("/email-taken")
     for password in ("password123", "a" * 4 + "b" * 5):
         email = new_email()
-        reply = http.post("/v1/auth/register", json={"email": email, "password": password,
-                                                     "name": "Weak"})  # fmt: skip
+        reply = http.post(
+            "/v1/auth/register", json={"email": email, "password": password, "name": "Weak"}
+        )
         problem = assert_problem(reply, 422)
         assert problem["errors"][0]["field"] == "body.password"
         assert password not in reply.text
         assert await db.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 0
-    assert await db.fetchval("SELECT count(*) FROM users WHERE lower(email) = $1",
-                             account.email) == 1  # fmt: skip
+    assert (
+        await db.fetchval("SELECT count(*) FROM users WHERE lower(email) = $1", account.email) == 1
+    )
 
 
-GARBAGE = [b"not json", b"{", b"[]", b"null", b'"text"', b"{}", b'{"a": 1}',
-           b"\xff\xfe", b"[" * 500 + b"]" * 500]  # fmt: skip
+GARBAGE = [
+    b"not json",
+    b"{",
+    b"[]",
+    b"null",
+    b'"text"',
+    b"{}",
+    b'{"a": 1}',
+    b"\xff\xfe",
+    b"[" * 500 + b"]" * 500,
+]
 
 
 def test_garbage_bodies_are_problems(http, shopper):
     _account, tokens = shopper
     json_type = {"content-type": "application/json"}
-    register_bad = [*GARBAGE, b'{"email": 1, "password": 2, "name": 3}',
-                    b'{"email": "a@b.co", "password": "' + b"x" * 2000 + b'", "name": "n"}',
-                    b'{"email": "a@b.co", "password": "longenough1", "name": ""}']  # fmt: skip
+    register_bad = [
+        *GARBAGE,
+        b'{"email": 1, "password": 2, "name": 3}',
+        b'{"email": "a@b.co", "password": "' + b"x" * 2000 + b'", "name": "n"}',
+        b'{"email": "a@b.co", "password": "longenough1", "name": ""}',
+    ]
     for body in register_bad:
         assert_problem(http.post("/v1/auth/register", content=body, headers=json_type), {400, 422})
-    mfa_bad = [*GARBAGE, b'{"mfa_token": 1, "code": 2}', b'{"mfa_token": "x"}',
-               b'{"mfa_token": "x", "code": "123456", "extra": 1}',
-               b'{"mfa_token": "x", "code": "' + b"1" * 100 + b'"}']  # fmt: skip
+    mfa_bad = [
+        *GARBAGE,
+        b'{"mfa_token": 1, "code": 2}',
+        b'{"mfa_token": "x"}',
+        b'{"mfa_token": "x", "code": "123456", "extra": 1}',
+        b'{"mfa_token": "x", "code": "' + b"1" * 100 + b'"}',
+    ]
     for body in mfa_bad:
         assert_problem(http.post("/v1/auth/mfa", content=body, headers=json_type), {400, 422})
     auth_json = {**json_type, **tokens.headers}
     for body in [*GARBAGE, b'{"code": 123456}', b'{"code": "1234567890123"}']:
         reply = http.post("/v1/auth/mfa/confirm", content=body, headers=auth_json)
         assert_problem(reply, {400, 422})
-    patch_bad = [*GARBAGE[:5], b'{"name": ""}', b'{"name": 5}', b'{"preferences": {"a": [1]}}',
-                 b'{"consents": {"marketing": "yes"}}', b'{"preferences": "x"}',
-                 b'{"name": "' + b"n" * 101 + b'"}']  # fmt: skip
+    patch_bad = [
+        *GARBAGE[:5],
+        b'{"name": ""}',
+        b'{"name": 5}',
+        b'{"preferences": {"a": [1]}}',
+        b'{"consents": {"marketing": "yes"}}',
+        b'{"preferences": "x"}',
+        b'{"name": "' + b"n" * 101 + b'"}',
+    ]
     for body in patch_bad:
         assert_problem(http.patch("/v1/me", content=body, headers=auth_json), {400, 422})
     assert http.get("/v1/me", headers=tokens.headers).json()["name"] != ""
@@ -649,13 +710,22 @@ def test_garbage_bodies_are_problems(http, shopper):
         (b"not json", json_type, {400}),
         (b"[]", json_type, {400}),
         (b'{"grant_type": "password", "username": ["a"], "password": 1}', json_type, {422}),
-        (b"grant_type=client_credentials", {"content-type": "application/x-www-form-urlencoded"},
-         {400}),
-        (b"grant_type=password&username=a%40b.co",
-         {"content-type": "application/x-www-form-urlencoded"}, {422}),
-        (b'{"grant_type": "refresh_token", "refresh_token": "rt.nope.nope.nope"}', json_type,
-         {401}),
-    ]  # fmt: skip
+        (
+            b"grant_type=client_credentials",
+            {"content-type": "application/x-www-form-urlencoded"},
+            {400},
+        ),
+        (
+            b"grant_type=password&username=a%40b.co",
+            {"content-type": "application/x-www-form-urlencoded"},
+            {422},
+        ),
+        (
+            b'{"grant_type": "refresh_token", "refresh_token": "rt.nope.nope.nope"}',
+            json_type,
+            {401},
+        ),
+    ]
     for body, headers, statuses in token_bad:
         assert_problem(http.post("/v1/auth/token", content=body, headers=headers), statuses)
 
@@ -706,15 +776,18 @@ async def test_export_and_erasure(http, db):
     name = f"Zed{uuid.uuid4().hex}"
     account = register(http, name=name)
     tokens = login(http, account)
-    added = http.post("/v1/cart/items", json={"sku": "ELE-000001", "quantity": 2},
-                      headers=tokens.headers)  # fmt: skip
+    added = http.post(
+        "/v1/cart/items", json={"sku": "ELE-000001", "quantity": 2}, headers=tokens.headers
+    )
     assert added.status_code == 200, added.text
     patched = http.patch(
         "/v1/me",
-        json={"preferences": {"language": "pt-BR", "nickname": name},
-              "consents": {"marketing": True}},
+        json={
+            "preferences": {"language": "pt-BR", "nickname": name},
+            "consents": {"marketing": True},
+        },
         headers=tokens.headers,
-    )  # fmt: skip
+    )
     assert patched.status_code == 200, patched.text
     assert patched.json()["preferences"]["language"] == "pt-BR"
 
@@ -749,8 +822,9 @@ async def test_export_and_erasure(http, db):
     except AssertionError:
         leftovers = {n: await _where_found(db, n) for n in (account.email, local, name)}
         raise AssertionError(f"personal data left after erasure: {leftovers}") from None
-    row = await db.fetchrow("SELECT erased_at, roles FROM users WHERE user_id = $1",
-                            account.user_id)  # fmt: skip
+    row = await db.fetchrow(
+        "SELECT erased_at, roles FROM users WHERE user_id = $1", account.user_id
+    )
     assert row is not None and row["erased_at"] is not None
     erasures = await db.fetchval(
         "SELECT count(*) FROM outbox WHERE key = $1 AND type = 'user.erased'", account.user_id
@@ -771,8 +845,9 @@ def test_login_merges_the_anonymous_cart(http):
     anon = http.get("/v1/cart")
     cart_token = anon.json()["cart_token"]
     anon_headers = {"X-Cart-Token": cart_token}
-    added = http.post("/v1/cart/items", json={"sku": "BOO-000002", "quantity": 2},
-                      headers=anon_headers)  # fmt: skip
+    added = http.post(
+        "/v1/cart/items", json={"sku": "BOO-000002", "quantity": 2}, headers=anon_headers
+    )
     assert added.status_code == 200, added.text
 
     tokens = login(http, account, headers=anon_headers)
@@ -789,8 +864,12 @@ def test_login_merges_the_anonymous_cart(http):
 def _agora_admin_create(email: str, password: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(AGORA), "admin", "create", email, "--password-stdin"],
-        input=password + "\n", capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )  # fmt: skip
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 async def test_admin_from_the_cli_sees_the_cluster(http, db, system):

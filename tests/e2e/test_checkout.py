@@ -1,23 +1,33 @@
 """Checkout over HTTP: the saga with real inventory shards and a Stripe-compatible PSP."""
 
 import asyncio
+import time
 import uuid
 
 import httpx
 import pytest
 
 from tests.e2e.problems import assert_problem
-from tests.e2e.shoppers import auth, new_product, new_shopper
+from tests.e2e.shoppers import auth, new_admin, new_product, new_shopper
 
 pytestmark = pytest.mark.e2e
 
-ADDRESS = {"name": "Ana Souza", "line1": "Av. Paulista, 1000", "city": "São Paulo",
-           "state": "SP", "postal_code": "01310-100", "country": "BR"}  # fmt: skip
+ADDRESS = {
+    "name": "Ana Souza",
+    "line1": "Av. Paulista, 1000",
+    "city": "São Paulo",
+    "state": "SP",
+    "postal_code": "01310-100",
+    "country": "BR",
+}
 
 
 def body(token="pm_card_visa", method="standard"):
-    return {"shipping_address": ADDRESS, "shipping_method": method,
-            "payment": {"method": "card", "token": token}}  # fmt: skip
+    return {
+        "shipping_address": ADDRESS,
+        "shipping_method": method,
+        "payment": {"method": "card", "token": token},
+    }
 
 
 def key() -> dict[str, str]:
@@ -37,8 +47,10 @@ async def stock(db, sku):
 async def test_card_checkout_confirms_commits_stock_and_clears_cart(http, shopper, db):
     sku = await new_product(db, 5, price=12_990)
     headers = auth(shopper)
-    assert http.post("/v1/cart/items", json={"sku": sku, "quantity": 2},
-                     headers=headers).status_code == 200  # fmt: skip
+    assert (
+        http.post("/v1/cart/items", json={"sku": sku, "quantity": 2}, headers=headers).status_code
+        == 200
+    )
     reply = http.post("/v1/checkout", json=body(), headers={**headers, **key()})
     assert reply.status_code == 201, reply.text
     order = reply.json()
@@ -59,8 +71,9 @@ async def test_card_checkout_confirms_commits_stock_and_clears_cart(http, shoppe
     assert order["id"] in [o["id"] for o in listed]
     detail = http.get(f"/v1/orders/{order['id']}", headers=headers).json()
     assert detail["status"] == "confirmed"
-    types = {r["type"] for r in await db.fetch("SELECT type FROM outbox WHERE key = $1",
-                                                order["id"])}  # fmt: skip
+    types = {
+        r["type"] for r in await db.fetch("SELECT type FROM outbox WHERE key = $1", order["id"])
+    }
     assert {"order.created", "order.confirmed", "payment.processed"} <= types
 
 
@@ -68,8 +81,9 @@ async def test_declined_card_releases_stock(http, shopper, db):
     sku = await new_product(db, 4)
     headers = auth(shopper)
     http.post("/v1/cart/items", json={"sku": sku, "quantity": 3}, headers=headers)
-    reply = http.post("/v1/checkout", json=body("pm_card_chargeDeclined"),
-                      headers={**headers, **key()})  # fmt: skip
+    reply = http.post(
+        "/v1/checkout", json=body("pm_card_chargeDeclined"), headers={**headers, **key()}
+    )
     problem = assert_problem(reply, 402)
     assert problem["type"].endswith("payment-declined")
     assert await stock(db, sku) == (4, 0)
@@ -91,8 +105,9 @@ async def test_idempotency_same_body_same_answer_different_body_422(http, db):
     other = http.post("/v1/checkout", json=body(method="express"), headers={**headers, **k})
     assert_problem(other, 422)
     assert await stock(db, sku) == (9, 0)
-    assert await db.fetchval("SELECT count(*) FROM payments WHERE key = $1",
-                             first.json()["id"]) == 1  # fmt: skip
+    assert (
+        await db.fetchval("SELECT count(*) FROM payments WHERE key = $1", first.json()["id"]) == 1
+    )
 
 
 async def test_concurrent_duplicates_never_charge_twice(base_url, db):
@@ -116,13 +131,16 @@ async def test_n_concurrent_checkouts_for_k_units(base_url, db):
     with httpx.Client(base_url=base_url, timeout=60) as sync:
         shoppers = [new_shopper(sync) for _ in range(n)]
         for s in shoppers:
-            assert sync.post("/v1/cart/items", json={"sku": sku},
-                             headers=auth(s)).status_code == 200  # fmt: skip
+            assert (
+                sync.post("/v1/cart/items", json={"sku": sku}, headers=auth(s)).status_code == 200
+            )
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
         replies = await asyncio.gather(
-            *[client.post("/v1/checkout", json=body(), headers={**auth(s), **key()})
-              for s in shoppers]
-        )  # fmt: skip
+            *[
+                client.post("/v1/checkout", json=body(), headers={**auth(s), **key()})
+                for s in shoppers
+            ]
+        )
     statuses = sorted(r.status_code for r in replies)
     assert statuses == [201] * k_units + [409] * (n - k_units), [r.text for r in replies]
     for r in replies:
@@ -166,13 +184,17 @@ def test_checkout_garbage_changes_nothing(http, shopper):
     ]
     before = http.get("/v1/orders", headers=headers).json()["items"]
     for extra, payload, status in cases:
-        assert_problem(http.post("/v1/checkout", json=payload, headers={**headers, **extra}),
-                       status)  # fmt: skip
+        assert_problem(
+            http.post("/v1/checkout", json=payload, headers={**headers, **extra}), status
+        )
     assert_problem(
-        http.post("/v1/checkout", content=b"{nope", headers={**headers, **key(),
-                                                             "content-type": "application/json"}),
+        http.post(
+            "/v1/checkout",
+            content=b"{nope",
+            headers={**headers, **key(), "content-type": "application/json"},
+        ),
         400,
-    )  # fmt: skip
+    )
     assert http.get("/v1/orders", headers=headers).json()["items"] == before
 
 
@@ -183,3 +205,48 @@ def test_orders_are_private(http, shopper):
     assert_problem(http.post(f"/v1/orders/{uuid.uuid4()}/cancel", headers=auth(other)), 404)
     assert_problem(http.get("/v1/orders", params={"cursor": "!!"}, headers=auth(other)), 400)
     assert_problem(http.get("/v1/orders", params={"limit": 0}, headers=auth(other)), 422)
+
+
+async def test_coupon_total_limit_holds_under_concurrent_checkouts(http, base_url, db):
+    """10 shoppers check out at once with a coupon of max_uses_total=3: exactly 3 orders
+    use it; the others fail with 422 coupon-exhausted (DECISIONS.md, Checkout saga v2)."""
+    admin = new_admin(http)
+    code = f"RACE{uuid.uuid4().hex[:10].upper()}"
+    now = int(time.time())
+    created = http.post(
+        "/v1/admin/coupons",
+        json={
+            "code": code,
+            "kind": "percentage",
+            "value": 1000,
+            "starts_at": now - 60,
+            "ends_at": now + 3600,
+            "max_uses_total": 3,
+            "stackable": True,
+        },
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    sku = await new_product(db, 50)
+    shoppers = [new_shopper(http) for _ in range(10)]
+    for s in shoppers:
+        assert http.post("/v1/cart/items", json={"sku": sku}, headers=auth(s)).status_code == 200
+        applied = http.post("/v1/cart/coupon", json={"code": code}, headers=auth(s))
+        assert applied.status_code == 200, applied.text
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        replies = await asyncio.gather(
+            *[
+                client.post("/v1/checkout", json=body(), headers={**auth(s), **key()})
+                for s in shoppers
+            ]
+        )
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [201] * 3 + [422] * 7, [r.text for r in replies]
+    for r in replies:
+        if r.status_code == 201:
+            assert r.json()["totals"]["coupon"] == code
+        else:
+            assert r.json()["type"].endswith("/coupon-exhausted"), r.text
+    assert await db.fetchval("SELECT uses_total FROM coupons WHERE code = $1", code) == 3
+    assert await db.fetchval("SELECT count(*) FROM coupon_uses WHERE code = $1", code) == 3
+    assert await stock(db, sku) == (47, 0)

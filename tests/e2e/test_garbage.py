@@ -51,8 +51,15 @@ def test_add_item_garbage(http, cart, body):
     assert snapshot(http, cart) == before
 
 
-BAD_PATCH = [b"garbage", b"{}", b'{"quantity": "x"}', b'{"quantity": -5}', b'{"quantity": 1000}',
-             b'{"quantity": 1, "sku": "X"}', b'{"quantity": 100}']  # fmt: skip
+BAD_PATCH = [
+    b"garbage",
+    b"{}",
+    b'{"quantity": "x"}',
+    b'{"quantity": -5}',
+    b'{"quantity": 1000}',
+    b'{"quantity": 1, "sku": "X"}',
+    b'{"quantity": 100}',
+]
 
 
 @pytest.mark.parametrize("body", BAD_PATCH, ids=range(len(BAD_PATCH)))
@@ -67,8 +74,10 @@ def test_set_quantity_garbage(http, cart, body):
     assert snapshot(http, cart) == before
 
 
-@pytest.mark.parametrize("path", ["/v1/cart/items/not%20a%20sku", "/v1/cart/items/" + "X" * 300,
-                                  "/v1/cart/items/ZZZ-000000"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/cart/items/not%20a%20sku", "/v1/cart/items/" + "X" * 300, "/v1/cart/items/ZZZ-000000"],
+)
 def test_delete_and_patch_garbage_paths(http, cart, path):
     before = snapshot(http, cart)
     assert_problem(http.delete(path, headers=cart), {404, 422})
@@ -93,11 +102,17 @@ def test_forged_cart_tokens_are_refused_everywhere(http, token):
 @pytest.mark.parametrize(
     "params",
     [
-        {"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"cursor": "!!!"},
-        {"cursor": "eyJ4IjogMX0"}, {"category": "DROP TABLE"}, {"min_price": -1},
-        {"max_price": "cheap"}, {"cursor": "A" * 500},
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "ten"},
+        {"cursor": "!!!"},
+        {"cursor": "eyJ4IjogMX0"},
+        {"category": "DROP TABLE"},
+        {"min_price": -1},
+        {"max_price": "cheap"},
+        {"cursor": "A" * 500},
     ],
-)  # fmt: skip
+)
 def test_product_list_garbage(http, params):
     assert_problem(http.get("/v1/products", params=params), {400, 422})
 
@@ -114,8 +129,13 @@ def test_oversized_body_is_refused(http, cart):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("PUT", "/v1/cart"), ("DELETE", "/v1/products"), ("POST", "/v1/products/ELE-000001"),
-     ("GET", "/v1/nothing-here"), ("GET", "/v2/products")],
-)  # fmt: skip
+    [
+        ("PUT", "/v1/cart"),
+        ("DELETE", "/v1/products"),
+        ("POST", "/v1/products/ELE-000001"),
+        ("GET", "/v1/nothing-here"),
+        ("GET", "/v2/products"),
+    ],
+)
 def test_unknown_routes_and_methods_are_problems(http, method, path):
     assert_problem(http.request(method, path), {404, 405})

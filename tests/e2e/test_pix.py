@@ -67,13 +67,19 @@ async def test_bad_webhooks_change_nothing(http, db):
         reply = http.post("/v1/payments/webhooks/pix", content=payload, headers=headers)
         assert_problem(reply, 400)
     wrong_amount = json.dumps({"type": "pix.paid", "txid": txid, "amount": 1}).encode()
-    reply = http.post("/v1/payments/webhooks/pix", content=wrong_amount, headers={
-        "Agora-Signature": sign(pix_webhook_secret(), wrong_amount, int(time.time()))})  # fmt: skip
+    reply = http.post(
+        "/v1/payments/webhooks/pix",
+        content=wrong_amount,
+        headers={"Agora-Signature": sign(pix_webhook_secret(), wrong_amount, int(time.time()))},
+    )
     assert_problem(reply, 422)
     assert_problem(http.post("/v1/payments/webhooks/stripe", content=payload), 404)
     garbage = b"{nope"
-    reply = http.post("/v1/payments/webhooks/pix", content=garbage, headers={
-        "Agora-Signature": sign(pix_webhook_secret(), garbage, int(time.time()))})  # fmt: skip
+    reply = http.post(
+        "/v1/payments/webhooks/pix",
+        content=garbage,
+        headers={"Agora-Signature": sign(pix_webhook_secret(), garbage, int(time.time()))},
+    )
     assert_problem(reply, 400)
     got = http.get(f"/v1/orders/{order['id']}", headers=auth(shopper)).json()
     assert got["status"] == "awaiting_payment"
@@ -97,14 +103,14 @@ async def test_unpaid_pix_orders_expire_and_release_stock(system, base_url, db):
     reply = await shard.checkout.remote(
         order_id, shopper["user_id"], "h", PIX, f"user:{shopper['user_id']}"
     )
-    assert reply["order"]["status"] == "awaiting_payment"
+    assert reply.order["status"] == "awaiting_payment"
     assert await stock(db, sku) == (4, 3)
 
     async def expired():
-        return (await shard.get.remote(order_id))["status"] == "failed"
+        return (await shard.get.remote(order_id)).order["status"] == "failed"
 
     await eventually(expired, timeout=30, interval=0.5)
-    assert (await shard.get.remote(order_id))["failure"]["code"] == "payment-expired"
+    assert (await shard.get.remote(order_id)).order["failure"]["code"] == "payment-expired"
     assert await stock(db, sku) == (4, 0)
     import ray
 

@@ -7,6 +7,9 @@ import uuid
 import pytest
 import ray
 
+from actors.clients import InventoryClient
+from actors.inventory.model import Done, Held, LineHold, Short, StockView
+from actors.messages import Rejected
 from serve.runtime import shard_directory
 from tests.conftest import eventually
 
@@ -16,6 +19,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def directory(system):
     return shard_directory(system)
+
+
+@pytest.fixture(scope="module")
+def inventory(directory):
+    return InventoryClient(directory)
 
 
 async def fresh_sku(db, on_hand: int) -> str:
@@ -30,26 +38,24 @@ async def fresh_sku(db, on_hand: int) -> str:
     return sku
 
 
-async def test_concurrent_reservations_never_oversell(directory, db):
+async def test_concurrent_reservations_never_oversell(inventory, db):
     k, n = 7, 40
     sku = await fresh_sku(db, k)
-    shard = directory.get("inventory", sku)
-    replies = await asyncio.gather(*[shard.reserve.remote(sku, f"r-{i}", 1) for i in range(n)])
-    assert sum(r["ok"] for r in replies) == k
-    assert all(r["code"] == "insufficient" for r in replies if not r["ok"])
-    stock = await shard.get.remote(sku)
-    assert stock["available"] == 0 and stock["reserved"] == k
+    replies = await asyncio.gather(*[inventory.reserve(sku, f"r-{i}", 1) for i in range(n)])
+    assert sum(isinstance(r, StockView) for r in replies) == k
+    assert all(r.code == "insufficient" for r in replies if isinstance(r, Rejected))
+    stock = await inventory.get(sku)
+    assert stock.available == 0 and stock.reserved == k
     row = await db.fetchrow("SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku)
     assert (row["on_hand"], row["reserved"]) == (k, k)
 
 
-async def test_reserve_is_durable_before_it_answers(directory, db):
+async def test_reserve_is_durable_before_it_answers(inventory, db):
     sku = await fresh_sku(db, 10)
-    shard = directory.get("inventory", sku)
-    assert (await shard.reserve.remote(sku, "r1", 3))["ok"]
+    assert isinstance(await inventory.reserve(sku, "r1", 3), StockView)
     row = await db.fetchrow("SELECT reserved, data FROM inventory WHERE sku = $1", sku)
     assert row["reserved"] == 3 and "r1" in row["data"]["reservations"]
-    assert (await shard.commit.remote(sku, "r1"))["ok"]
+    assert isinstance(await inventory.commit(sku, "r1"), StockView)
     row = await db.fetchrow("SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku)
     assert (row["on_hand"], row["reserved"]) == (7, 0)
     events = await db.fetch(
@@ -58,31 +64,54 @@ async def test_reserve_is_durable_before_it_answers(directory, db):
     assert [e["type"] for e in events] == ["inventory.changed"]
 
 
-async def test_expired_reservations_are_released_by_the_sweeper(directory, db):
+async def test_expired_reservations_are_released_by_the_sweeper(inventory, db):
     sku = await fresh_sku(db, 2)
-    shard = directory.get("inventory", sku)
-    assert (await shard.reserve.remote(sku, "short", 2, 1))["ok"]
-    assert (await shard.get.remote(sku))["available"] == 0
+    assert isinstance(await inventory.reserve(sku, "short", 2, 1), StockView)
+    assert (await inventory.get(sku)).available == 0
 
     async def released():
         row = await db.fetchrow("SELECT reserved, data FROM inventory WHERE sku = $1", sku)
         return row["reserved"] == 0 and row["data"]["reservations"] == {}
 
     await eventually(released, timeout=10, interval=0.1)
-    assert not (await shard.commit.remote(sku, "short"))["ok"]
+    assert isinstance(await inventory.commit(sku, "short"), Rejected)
+
+
+async def test_many_lines_one_call_per_shard_all_or_nothing(inventory, directory, db):
+    """An order's lines over several shards: each shard holds all its lines or none;
+    repeats hold nothing twice; commit and release are durable and idempotent."""
+    skus = [await fresh_sku(db, 3) for _ in range(6)]
+    assert len({directory.shard_for("inventory", s) for s in skus}) > 1
+    lines = tuple(LineHold(s, f"o1:{s}", 2) for s in skus)
+    replies = await inventory.reserve_many("o1", lines)
+    assert all(isinstance(r, Held) for r in replies)
+    assert len(replies) == len({directory.shard_for("inventory", s) for s in skus})
+    assert all(isinstance(r, Held) for r in await inventory.reserve_many("o1", lines))
+    views = [await inventory.get(s) for s in skus]
+    assert sum(v.reserved for v in views) == 12
+    short = (LineHold(skus[0], f"o2:{skus[0]}", 2),)  # only 1 left
+    (reply,) = await inventory.reserve_many("o2", short)
+    assert isinstance(reply, Short) and reply.lines[0].available == 1
+    assert (await inventory.get(skus[0])).reserved == 2
+    assert all(isinstance(r, Done) for r in await inventory.commit_many(lines))
+    assert all(isinstance(r, Done) for r in await inventory.commit_many(lines))
+    rows = await db.fetch("SELECT on_hand, reserved FROM inventory WHERE sku = ANY($1)", skus)
+    assert {(r["on_hand"], r["reserved"]) for r in rows} == {(1, 0)}
+    gone = (LineHold(skus[1], "never-held", 1),)
+    assert all(isinstance(r, Rejected) for r in await inventory.commit_many(gone))
 
 
 async def _call(shard, method, *args):
     """Call a shard, retrying through a restart with the same (idempotent) arguments."""
     for _ in range(200):
         try:
-            return await getattr(shard, method).remote(*args)
+            return await getattr(shard, method)(*args)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
             await asyncio.sleep(0.1)
     raise AssertionError(f"{method} never answered")
 
 
-async def test_random_operations_with_shard_kills_keep_the_invariant(directory, db):
+async def test_random_operations_with_shard_kills_keep_the_invariant(inventory, directory, db):
     initial = 60
     sku = await fresh_sku(db, initial)
     shard = directory.get("inventory", sku)
@@ -92,14 +121,14 @@ async def test_random_operations_with_shard_kills_keep_the_invariant(directory, 
     async def client(c: int) -> None:
         for step in range(25):
             rid = f"c{c}-{step}"
-            reply = await _call(shard, "reserve", sku, rid, rng.randint(1, 3))
-            if not reply["ok"]:
+            reply = await _call(inventory, "reserve", sku, rid, rng.randint(1, 3))
+            if isinstance(reply, Rejected):
                 continue
             if rng.random() < 0.5:
-                assert (await _call(shard, "commit", sku, rid))["ok"]
+                assert isinstance(await _call(inventory, "commit", sku, rid), StockView)
                 outcome[rid] = "committed"
             elif rng.random() < 0.5:
-                assert (await _call(shard, "release", sku, rid))["ok"]
+                assert isinstance(await _call(inventory, "release", sku, rid), StockView)
                 outcome[rid] = "released"
             else:
                 outcome[rid] = "held"
@@ -110,11 +139,11 @@ async def test_random_operations_with_shard_kills_keep_the_invariant(directory, 
             ray.kill(shard, no_restart=False)
 
     await asyncio.gather(*[client(c) for c in range(6)], killer())
-    audit = await _call(shard, "audit", sku)
-    assert audit["on_hand"] + audit["committed_units"] == initial
-    assert audit["on_hand"] >= 0
+    audit = await _call(inventory, "audit", sku)
+    assert audit.on_hand + audit.committed_units == initial
+    assert audit.on_hand >= 0
     held = {rid for rid, how in outcome.items() if how == "held"}
-    assert set(audit["live"]) == held
-    assert audit["reserved"] == sum(audit["live"].values())
+    assert set(audit.live) == held
+    assert audit.reserved == sum(audit.live.values())
     row = await db.fetchrow("SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku)
-    assert row["on_hand"] == audit["on_hand"] and row["reserved"] == audit["reserved"]
+    assert row["on_hand"] == audit.on_hand and row["reserved"] == audit.reserved

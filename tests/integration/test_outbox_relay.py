@@ -12,10 +12,9 @@ import pulsar
 import pytest
 import ray
 
-from cluster.settings import Settings
 from streams.consumer import IdempotentConsumer, dead_letter_topic
 from streams.events import CART_ITEM_ADDED, Envelope, encode, make_event
-from streams.outbox import get_or_create_relay, pulsar_logger
+from streams.outbox import RelayConfig, get_or_create_relay, pulsar_logger
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -92,10 +91,8 @@ async def test_relay_killed_mid_batch_publishes_all_and_each_event_is_applied_on
     stop = asyncio.Event()
     consuming = asyncio.create_task(consumer.run(pool, pulsar_url, stop))
     # Small batches so the kill lands between claiming and committing a batch.
-    settings = Settings(
-        database_url=db_url, pulsar_url=pulsar_url, outbox_batch_size=20, outbox_poll_ms=20
-    )
-    relay = get_or_create_relay(ray_ns, f"agora:outbox:test-{run}", settings=settings)
+    config = RelayConfig(db_url, pulsar_url, poll_ms=20, batch_size=20)
+    relay = get_or_create_relay(ray_ns, config, f"agora:outbox:test-{run}")
     try:
         before = await relay.start.remote()
         assert before["running"]

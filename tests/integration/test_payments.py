@@ -67,8 +67,11 @@ async def test_visa_succeeds_and_is_recorded(gateway, provider, db):
     assert (charge.amount, charge.currency, charge.decline_code) == (12_345, "BRL", None)
     row = await payment_row(db, key)
     assert (row["status"], row["provider_id"], row["amount"], row["currency"]) == (
-        "succeeded", charge.payment_id, 12_345, "BRL",
-    )  # fmt: skip
+        "succeeded",
+        charge.payment_id,
+        12_345,
+        "BRL",
+    )
     intent = await provider.v1.payment_intents.retrieve_async(charge.payment_id)
     assert (intent.status, intent.amount, intent.currency) == ("succeeded", 12_345, "brl")
     assert intent.metadata.to_dict()["agora_key"] == key
@@ -135,8 +138,9 @@ async def test_a_crash_between_create_and_confirm_is_resumed(gateway, provider, 
     await db.execute(
         "INSERT INTO payments (key, provider, provider_id, status, amount, currency)"
         " VALUES ($1, 'stripe', $2, 'pending', 3000, 'BRL')",
-        key, intent.id,
-    )  # fmt: skip
+        key,
+        intent.id,
+    )
     charge = await gateway.charge(key, 3_000, "BRL", VISA, "test")
     assert (charge.status, charge.payment_id) == ("succeeded", intent.id)
     assert [i.id for i in await intents_for(provider, key)] == [intent.id]
@@ -191,8 +195,11 @@ async def test_refund_is_idempotent(gateway, provider, db):
     assert [r.id for r in page.data] == [first.refund_id]
     row = await db.fetchrow("SELECT * FROM refunds WHERE key = $1", refund_key)
     assert (row["status"], row["payment_key"], row["provider_id"], row["amount"]) == (
-        "succeeded", key, first.refund_id, 9_900,
-    )  # fmt: skip
+        "succeeded",
+        key,
+        first.refund_id,
+        9_900,
+    )
 
 
 async def test_concurrent_refunds_with_one_key_refund_once(gateway, provider):

@@ -112,8 +112,10 @@ async def test_charge_is_idempotent_by_key(gateway, db, psp, receiver):
     rows = await payment_rows(db, key)
     assert len(rows) == 1
     assert (rows[0]["provider"], rows[0]["provider_id"], rows[0]["status"]) == (
-        "pix", first["txid"], "pending",
-    )  # fmt: skip
+        "pix",
+        first["txid"],
+        "pending",
+    )
     status, charge = await sandbox_charge(psp, first["txid"])
     assert status == 200
     assert charge["status"] == "pending" and charge["br_code"] == first["br_code"]

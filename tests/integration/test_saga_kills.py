@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 async def checkout_until_answered(client, headers, idem):
     """Retry the same request (same Idempotency-Key) through the shard's restart."""
     for _ in range(120):
-        reply = await client.post("/v1/checkout", json=body(),
-                                  headers={**headers, "Idempotency-Key": idem})  # fmt: skip
+        reply = await client.post(
+            "/v1/checkout", json=body(), headers={**headers, "Idempotency-Key": idem}
+        )
         if reply.status_code not in (500, 503):
             return reply
         await asyncio.sleep(0.25)
@@ -49,9 +50,10 @@ async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
     shopper, sku, idem, order_id, shard = await _order_in_the_making(system, base_url, db)
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
         first = asyncio.ensure_future(
-            client.post("/v1/checkout", json=body(),
-                        headers={**auth(shopper), "Idempotency-Key": idem})
-        )  # fmt: skip
+            client.post(
+                "/v1/checkout", json=body(), headers={**auth(shopper), "Idempotency-Key": idem}
+            )
+        )
         await asyncio.sleep(delay + random.random() * 0.05)
         ray.kill(shard, no_restart=False)
         await asyncio.gather(first, return_exceptions=True)
@@ -62,8 +64,11 @@ async def test_killing_the_order_shard_mid_saga(system, base_url, db, delay):
             return got.status_code == 200 and got.json()["status"] in ("confirmed", "failed")
 
         await eventually(finished, timeout=60, interval=0.25)
-    order = (await (httpx.AsyncClient(base_url=base_url).get(
-        f"/v1/orders/{order_id}", headers=auth(shopper)))).json()  # fmt: skip
+    order = (
+        await httpx.AsyncClient(base_url=base_url).get(
+            f"/v1/orders/{order_id}", headers=auth(shopper)
+        )
+    ).json()
     assert reply.status_code in (201, 402, 409), reply.text
     on_hand, reserved = await db.fetchrow(
         "SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku
@@ -84,9 +89,10 @@ async def test_killing_the_order_shard_right_after_a_step(system, base_url, db, 
     seen = None
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
         first = asyncio.ensure_future(
-            client.post("/v1/checkout", json=body(),
-                        headers={**auth(shopper), "Idempotency-Key": idem})
-        )  # fmt: skip
+            client.post(
+                "/v1/checkout", json=body(), headers={**auth(shopper), "Idempotency-Key": idem}
+            )
+        )
         for _ in range(2000):
             seen = await db.fetchval("SELECT step FROM orders WHERE order_id = $1", order_id)
             if seen == step or first.done():
@@ -113,3 +119,41 @@ async def test_killing_the_order_shard_right_after_a_step(system, base_url, db, 
     else:
         assert paid != "succeeded" and on_hand == 5
     print(f"killed after step {seen!r}; order ended {order['status']}")
+
+
+async def test_a_restarted_shard_finishes_its_sagas_without_any_further_call(system, base_url, db):
+    """Kill the shard mid-saga and never call that order again: the restarted shard
+    resumes it by itself (from its constructor), so the order ends and no stock stays held."""
+    shopper, sku, idem, order_id, shard = await _order_in_the_making(system, base_url, db)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        first = asyncio.ensure_future(
+            client.post(
+                "/v1/checkout", json=body(), headers={**auth(shopper), "Idempotency-Key": idem}
+            )
+        )
+        seen = None
+        for _ in range(4000):
+            seen = await db.fetchval("SELECT step FROM orders WHERE order_id = $1", order_id)
+            if seen in ("screened", "reserved") or first.done():
+                break
+            await asyncio.sleep(0.001)
+        ray.kill(shard, no_restart=False)
+        await asyncio.gather(first, return_exceptions=True)
+
+    async def finished():
+        row = await db.fetchrow(
+            "SELECT o.status, i.reserved FROM orders o, inventory i"
+            " WHERE o.order_id = $1 AND i.sku = $2",
+            order_id,
+            sku,
+        )
+        return row["status"] in ("confirmed", "failed") and row["reserved"] == 0
+
+    await eventually(finished, timeout=60, interval=0.25)
+    status = await db.fetchval("SELECT status FROM orders WHERE order_id = $1", order_id)
+    paid = await db.fetchval("SELECT status FROM payments WHERE key = $1", order_id)
+    on_hand = await db.fetchval("SELECT on_hand FROM inventory WHERE sku = $1", sku)
+    if status == "confirmed":
+        assert paid == "succeeded" and on_hand == 3, (paid, on_hand, seen)
+    else:
+        assert paid != "succeeded" and on_hand == 5, (paid, on_hand, seen)

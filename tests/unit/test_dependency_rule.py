@@ -76,49 +76,9 @@ def violations() -> list[str]:
     return found
 
 
-def _key(violation: str) -> str:
-    """``path -> module`` of a violation (line numbers move; the pair does not)."""
-    path = violation.split(":")[0]
-    module = violation.split(" imports ")[1].split(" ")[0]
-    return f"{path} -> {module}"
-
-
-# Known violations still being removed by spine v2; this list only shrinks.
-ALLOWED: set[str] = {
-    "actors/order/actor.py -> actors.order.steps",
-    "actors/order/steps.py -> cluster.adapters.pix_gateway",
-    "actors/order/steps.py -> cluster.adapters.stripe_card",
-    "actors/order/steps.py -> cluster.bootstrap",
-    "actors/order/steps.py -> cluster.services",
-    "actors/order/steps.py -> cluster.settings",
-    "actors/order/steps.py -> serve.pricing_service",
-    "cluster/cli.py -> cluster.db",
-    "cluster/cli.py -> cluster.seed",
-    "cluster/cli.py -> cluster.services",
-    "cluster/cli.py -> serve.app",
-    "cluster/cli.py -> serve.auth",
-    "cluster/cli.py -> serve.auth.passwords",
-    "cluster/cli.py -> serve.runtime",
-    "cluster/cli.py -> streams.events",
-    "cluster/cli.py -> streams.outbox",
-    "cluster/infra.py -> cluster.services",
-    "serve/app.py -> streams.outbox",
-    "serve/auth/routes.py -> serve.pricing_service",
-    "serve/orders.py -> cluster.adapters.webhooks",
-    "serve/orders.py -> cluster.services",
-    "serve/runtime.py -> cluster.db",
-    "serve/runtime.py -> cluster.services",
-    "serve/runtime.py -> serve.auth",
-    "serve/runtime.py -> serve.auth.tokens",
-    "serve/runtime.py -> serve.ratelimit",
-    "streams/outbox.py -> cluster.services",
-    "streams/outbox.py -> cluster.settings",
-}
-
-
 def test_the_dependency_rule_holds():
-    remaining = [v for v in violations() if _key(v) not in ALLOWED]
-    assert remaining == [], "\n".join(remaining)
+    found = violations()
+    assert found == [], "\n".join(found)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 import pytest
 
-from actors.inventory.model import StockItem
+from actors.inventory.model import LineHold, StockItem, committable, reserve_all
 from actors.messages import Rejected
 
 TTL = 60_000
@@ -104,3 +104,25 @@ def test_random_operations_keep_the_invariant():
         assert s.available(step) >= 0
         assert s.on_hand + s.committed_units == 50
         assert s.reserved(step) == sum(live.values())
+
+
+def test_reserve_all_holds_every_line_or_none():
+
+    items = {"A": StockItem("A", 5), "B": StockItem("B", 1)}
+    lines = (LineHold("A", "o:A", 3), LineHold("B", "o:B", 2))
+    short = reserve_all(items, lines, 0, TTL, "o")
+    assert [(s.sku, s.requested, s.available) for s in short] == [("B", 2, 1)]
+    assert items["A"].reserved(0) == 0 and items["B"].reserved(0) == 0
+    fits = (LineHold("A", "o:A", 3), LineHold("B", "o:B", 1))
+    assert reserve_all(items, fits, 0, TTL, "o") == ()
+    assert reserve_all(items, fits, 1, TTL, "o") == ()  # a repeat holds nothing twice
+    assert items["A"].available(1) == 2 and items["B"].available(1) == 0
+
+
+def test_committable_refuses_when_one_reservation_is_gone():
+
+    items = {"A": StockItem("A", 5)}
+    items["A"].reserve("r1", 1, 0, TTL)
+    assert committable(items, (LineHold("A", "r1", 1),)) is None
+    refused = committable(items, (LineHold("A", "r1", 1), LineHold("A", "r2", 1)))
+    assert isinstance(refused, Rejected) and refused.code == "unknown-reservation"

@@ -2,7 +2,7 @@ import pytest
 
 from actors.fraud.rules import FraudFacts, screen
 from actors.order.model import Order, order_id_for
-from serve.orders import carries_card_number
+from serve.routers.checkout import carries_card_number
 
 
 def new_order():

@@ -1,6 +1,6 @@
 import pytest
 
-from serve.auth.passwords import (
+from actors.session.passwords import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     PasswordHasher,

@@ -1,5 +1,6 @@
 """The pricing engine, table by table: promotions, coupons, shipping, tax, rounding, totals."""
 
+import asyncio
 import dataclasses
 import random
 from typing import Any
@@ -999,3 +1000,151 @@ def test_a_validated_coupon_is_found_by_any_case():
     q = priced([line()], coupon_code="BemVindo10", coupons=[validated])
     assert q.coupon == "BEMVINDO10"
     assert q.discount_total == 100
+
+
+# --- the replica's in-memory catalog (serve.catalog_state) ---------------------------------
+
+from actors.cart.model import CartView, CartViewLine  # noqa: E402
+from cluster.adapters.pricing_store import CatalogLoad, ProductFacts, Tables  # noqa: E402
+from serve.catalog_state import CatalogState  # noqa: E402
+from streams.events import (  # noqa: E402
+    INVENTORY_CHANGED,
+    PRICING_CHANGED,
+    PRODUCT_UPDATED,
+    make_event,
+)
+
+
+def facts(sku: str, category: str = "books", price: int = 1_000) -> ProductFacts:
+    return ProductFacts(sku, f"Product {sku}", "d", category, price, "BRL", 400, {}, [])
+
+
+class FakeStore:
+    """The loading port (``cluster.adapters.pricing_store``) over dicts; counts every call."""
+
+    def __init__(self) -> None:
+        self.promotions: tuple[Promotion, ...] = ()
+        self.coupons: dict[str, Coupon] = {}
+        self.products = {"A": facts("A"), "B": facts("B", "food", 2_000)}
+        self.stock = {"A": 5, "B": 0}
+        self.calls: list[str] = []
+
+    async def load_catalog(self, _db: Any, _now: int) -> CatalogLoad:
+        self.calls.append("catalog")
+        return CatalogLoad(
+            Tables(self.promotions, RATES, TAX),
+            dict(self.coupons),
+            dict(self.products),
+            dict(self.stock),
+        )
+
+    async def load_pricing(self, _db: Any, _now: int) -> tuple[Tables, dict[str, Coupon]]:
+        self.calls.append("pricing")
+        await asyncio.sleep(0)  # a real load waits on the database
+        return Tables(self.promotions, RATES, TAX), dict(self.coupons)
+
+    async def load_product(self, _db: Any, sku: str) -> tuple[ProductFacts, int] | None:
+        self.calls.append(f"product:{sku}")
+        return (self.products[sku], self.stock.get(sku, 0)) if sku in self.products else None
+
+    async def load_products(self, _db: Any, skus: list[str]) -> dict[str, Any]:
+        self.calls.append(f"products:{','.join(skus)}")
+        return {s: (self.products[s], self.stock.get(s, 0)) for s in skus if s in self.products}
+
+    async def load_coupon(self, _db: Any, code: str) -> Coupon | None:
+        self.calls.append(f"coupon:{code}")
+        return self.coupons.get(code)
+
+
+def cart_view(*lines: tuple[str, int, int], coupon: str | None = None) -> CartView:
+    view_lines = tuple(CartViewLine(s, s, q, p, p * q) for s, p, q in lines)
+    return CartView("c1", 1, view_lines, sum(x.line_total for x in view_lines), coupon)
+
+
+async def warm_state(store: FakeStore) -> CatalogState:
+    state = CatalogState(db=None, store=store, clock=lambda: NOW)
+    await state.warm()
+    return state
+
+
+async def test_warm_reads_come_from_memory_after_the_start_up_load():
+    store = FakeStore()
+    store.coupons["SAVE"] = coupon(code="SAVE", value=1_000)
+    state = await warm_state(store)
+    assert store.calls == ["catalog"]
+    assert await state.product("A") == (facts("A"), 5)
+    view = cart_view(("A", 1_000, 2), ("B", 2_000, 1), coupon="SAVE")
+    lines = state.lines(view, await state.facts(["A", "B"]))
+    priced = state.quote(lines, await state.coupon("SAVE"), "SAVE", None)
+    assert isinstance(priced, Quote) and priced.discount_total == 400
+    assert store.calls == ["catalog"]  # no load on the warm path
+
+
+async def test_stock_follows_the_inventory_shards_events():
+    store = FakeStore()
+    state = CatalogState(db=None, store=store, clock=lambda: NOW)
+    # An event seen before the start-up load finished is newer than the written-behind row.
+    state.on_event(make_event(INVENTORY_CHANGED, "A", {"sku": "A", "available": 1}, 1))
+    await state.warm()
+    assert (await state.product("A"))[1] == 1
+    state.on_event(make_event(INVENTORY_CHANGED, "B", {"sku": "B", "available": 7}, 2))
+    assert (await state.product("B"))[1] == 7
+    assert store.calls == ["catalog"]
+
+
+async def test_pricing_changed_reloads_pricing_in_the_background():
+    store = FakeStore()
+    state = await warm_state(store)
+    store.promotions = (promo("P", value=5_000),)
+    state.on_event(make_event(PRICING_CHANGED, "P", {"what": "promotion"}, 1))
+    assert state.tables.promotions == ()  # not applied on the caller's stack
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [p.id for p in state.tables.promotions] == ["P"]
+    assert store.calls == ["catalog", "pricing"]
+
+
+async def test_overlapping_reloads_share_one_load():
+    store = FakeStore()
+    state = await warm_state(store)
+    await asyncio.gather(*(state.reload_pricing() for _ in range(5)))
+    assert store.calls.count("pricing") <= 2
+
+
+async def test_a_gap_in_the_events_reloads_pricing():
+    store = FakeStore()
+    state = await warm_state(store)
+    state.on_gap()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert store.calls == ["catalog", "pricing"]
+
+
+async def test_cold_misses_are_read_once_and_unknown_skus_briefly_remembered():
+    store = FakeStore()
+    state = await warm_state(store)
+    store.products["C"] = facts("C")
+    assert (await state.product("C"))[0].sku == "C"
+    assert (await state.product("C"))[0].sku == "C"
+    assert await state.product("NOPE") is None
+    assert await state.product("NOPE") is None
+    assert await state.facts(["A", "NOPE"]) == {"A": facts("A")}
+    assert store.calls == ["catalog", "product:C", "product:NOPE"]
+
+
+async def test_product_updated_drops_the_product_so_the_next_read_takes_the_new_facts():
+    store = FakeStore()
+    state = await warm_state(store)
+    store.products["A"] = facts("A", price=1_500)
+    state.on_event(make_event(PRODUCT_UPDATED, "A", {"sku": "A"}, 1))
+    assert (await state.product("A"))[0].price_minor == 1_500
+    assert store.calls == ["catalog", "product:A"]
+
+
+async def test_a_coupon_created_after_start_up_is_read_once():
+    store = FakeStore()
+    state = await warm_state(store)
+    store.coupons["LATE"] = coupon(code="LATE")
+    assert (await state.coupon("late")).code == "LATE"
+    assert (await state.coupon("LATE")).code == "LATE"
+    assert store.calls == ["catalog", "coupon:LATE"]

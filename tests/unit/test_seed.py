@@ -89,3 +89,18 @@ def test_some_products_are_out_of_stock(catalog: list[dict[str, Any]]) -> None:
     assert all(isinstance(s, int) and 0 <= s <= 500 for s in stock)
     out = stock.count(0)
     assert 0 < out < 0.1 * len(stock)
+
+
+def test_word_lists_are_package_data_and_every_category_has_its_builder() -> None:
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from cluster import seed
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert seed.WORDS_FILE in declared["package-data"]["cluster"]
+    words = json.loads((root / "cluster" / seed.WORDS_FILE).read_text("utf-8"))
+    assert [c["slug"] for c in words["categories"]] == categories()
+    assert {c["attributes"] for c in words["categories"]} <= set(seed._BUILDERS)

@@ -5,7 +5,7 @@ import contextlib
 
 import pytest
 
-from actors.writebehind import DirtyTracker, Flusher
+from actors.writebehind import DirtyTracker, Flusher, RowQuarantined
 from streams.events import CART_ITEM_ADDED, make_event
 
 
@@ -182,3 +182,91 @@ async def test_drain_flushes_everything():
         f.mark(f"k{i}", 1, [])
     assert await f.drain() == 10
     assert db.transactions == 4
+
+
+class RefusedData(ValueError):
+    """What asyncpg raises for data PostgreSQL refuses (SQLSTATE class 22)."""
+
+    sqlstate = "22P05"
+
+
+class PickyDb(MemoryDb):
+    """Transactions that roll back, and rows PostgreSQL would refuse (a NUL byte in text)."""
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        staged_rows, staged_outbox = dict(self.rows), list(self.outbox)
+        try:
+            yield
+        except BaseException:
+            self.rows, self.outbox = staged_rows, staged_outbox
+            raise
+        self.transactions += 1
+
+    async def upsert(self, conn, rows):
+        for key, doc, _version in rows:
+            if "\x00" in doc.get("address", ""):
+                raise RefusedData("unsupported Unicode escape sequence")
+        await super().upsert(conn, rows)
+
+    async def executemany(self, _sql, args):
+        self.outbox.extend(a[2] for a in args)  # the aggregate key of each event
+
+
+async def test_one_bad_row_never_poisons_its_batch():
+    db, clock, state = PickyDb(), FakeClock(), {}
+    f = make_flusher(db, state, clock)
+    for i in range(5):
+        state[f"k{i}"] = {"v": 1, "address": "Rua A, 1"}
+        f.mark(f"k{i}", 1, [ev(f"k{i}")])
+    state["k2"] = {"v": 1, "address": "Rua \x00"}
+    bad_waiter = f.durable("k2", 1)
+    good_waiter = f.durable("k3", 1)
+    assert await f.flush_once() == 4
+    assert sorted(db.rows) == ["k0", "k1", "k3", "k4"]
+    assert sorted(db.outbox) == ["k0", "k1", "k3", "k4"]
+    assert good_waiter.done() and good_waiter.exception() is None
+    assert isinstance(bad_waiter.exception(), RowQuarantined)
+    # Parked: still dirty (never evicted), not retried, counted; the rest keeps flushing.
+    assert f.tracker.is_dirty("k2") and f.tracker.is_parked("k2") and len(f.tracker) == 0
+    assert f.stats()["quarantined_rows"] == 1 and f.stats()["quarantined_total"] == 1
+    assert await f.drain() == 0
+    with pytest.raises(RowQuarantined):
+        await f.durable("k2", 1)
+    state["k9"] = {"v": 1, "address": "Rua B"}
+    f.mark("k9", 1, [ev("k9")])
+    assert await f.flush_once() == 1 and "k9" in db.rows
+    # A later change that repairs the row brings it (and its parked events) back.
+    state["k2"] = {"v": 2, "address": "Rua C"}
+    f.mark("k2", 2, [ev("k2", 2)])
+    assert await f.flush_once() == 1
+    assert db.rows["k2"] == ({"v": 2, "address": "Rua C"}, 2)
+    assert db.outbox.count("k2") == 2
+    assert f.stats()["quarantined_rows"] == 0
+
+
+async def test_a_lone_bad_row_is_parked_not_retried_forever():
+    db, clock, state = PickyDb(), FakeClock(), {}
+    f = make_flusher(db, state, clock)
+    state["bad"] = {"v": 1, "address": "\x00"}
+    f.mark("bad", 1, [])
+    assert await f.flush_once() == 0
+    assert f.tracker.is_parked("bad") and not f.tracker.due(clock.now + 10_000)
+
+
+async def test_database_down_is_not_mistaken_for_bad_data():
+    db, clock, state = PickyDb(), FakeClock(), {}
+    f = make_flusher(db, state, clock)
+    for key in ("a", "b"):
+        state[key] = {"v": 1}
+        f.mark(key, 1, [])
+
+    @contextlib.asynccontextmanager
+    async def down():
+        raise ConnectionRefusedError("database down")
+        yield
+
+    f._acquire = down
+    with pytest.raises(ConnectionRefusedError):
+        await f.flush_once()
+    assert len(f.tracker) == 2 and f.stats()["quarantined_total"] == 0

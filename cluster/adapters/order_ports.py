@@ -1,0 +1,488 @@
+"""Adapters of the checkout saga's ports (``actors.order.ports``), built once per order shard.
+
+- ``CartsAdapter``: the cart shard through ``CartClient`` (lines and coupon; clear).
+- ``StockAdapter``: the inventory shards through ``InventoryClient``: one
+  ``reserve_many`` / ``commit_many`` / ``release_many`` call per shard
+  involved, in parallel; all lines or none.
+- ``PricingAdapter``: the pure ``actors.pricing.engine.quote`` over tables read
+  from PostgreSQL, and coupon redemption: one transaction that counts a use
+  only while ``coupons.uses_total`` and the shopper's own uses are under the
+  coupon's limits (a conditional ``UPDATE`` takes the coupon's row lock, so
+  concurrent checkouts of one coupon serialize here), idempotent per order.
+- ``FraudAdapter``: facts from PostgreSQL, scored by ``actors.fraud.rules.screen``.
+- ``PaymentsAdapter``: card charges (``StripeCardGateway``) and Pix
+  (``PixGateway``); an outcome not yet known raises, so the saga retries.
+
+Every adapter gets the shard's one database pool through ``open_pool`` (opened
+once, on first use); nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from actors.clients import CartClient, InventoryClient
+from actors.fraud.rules import FraudFacts, Screening, screen
+from actors.inventory.model import Held, LineHold
+from actors.messages import Rejected
+from actors.order.model import (
+    Ack,
+    CartLine,
+    CartSnapshot,
+    Charge,
+    OutOfStock,
+    PixCharge,
+    Priced,
+    PricedLine,
+    Refund,
+    ShortLine,
+    StockHeld,
+    StockLine,
+)
+from actors.order.ports import Ports
+from actors.pricing.engine import (
+    Coupon,
+    Destination,
+    Line,
+    Promotion,
+    Quote,
+    ShippingRate,
+    TaxRule,
+    quote,
+    validate_coupon,
+    validate_promotion,
+)
+from cluster.adapters.pix_gateway import PixGateway
+from cluster.adapters.stripe_card import StripeCardGateway
+
+log = logging.getLogger(__name__)
+
+OpenPool = Callable[[], Awaitable[Any]]
+Clock = Callable[[], int]
+
+
+class PaymentUnavailable(RuntimeError):
+    """The provider's answer is not known yet; the same key resumes the charge on retry."""
+
+
+# --- carts ------------------------------------------------------------------------------
+
+
+class CartsAdapter:
+    """The cart as checkout sees it (lines and coupon code), and clearing it after the order."""
+
+    def __init__(self, carts: CartClient) -> None:
+        self.carts = carts
+
+    async def snapshot(self, cart_id: str) -> CartSnapshot:
+        view = await self.carts.get(cart_id)
+        lines = tuple(CartLine(x.sku, x.name, x.unit_price, x.quantity) for x in view.lines)
+        return CartSnapshot(cart_id, lines, view.coupon)
+
+    async def clear(self, cart_id: str) -> Ack:
+        await self.carts.clear(cart_id)
+        return Ack()
+
+
+# --- stock ------------------------------------------------------------------------------
+
+
+class StockAdapter:
+    """All of an order's lines in one parallel round: one call per inventory shard."""
+
+    def __init__(self, inventory: InventoryClient, reservation_ttl_s: int, pix_hold_s: int) -> None:
+        self.inventory = inventory
+        self.ttl_s = reservation_ttl_s
+        self.pix_hold_s = pix_hold_s
+
+    @staticmethod
+    def _holds(lines: tuple[StockLine, ...]) -> tuple[LineHold, ...]:
+        return tuple(LineHold(x.sku, x.rid, x.quantity) for x in lines)
+
+    async def reserve(
+        self, order_id: str, lines: tuple[StockLine, ...], long_hold: bool
+    ) -> StockHeld | OutOfStock:
+        ttl = self.pix_hold_s if long_hold else self.ttl_s
+        replies = await self.inventory.reserve_many(order_id, self._holds(lines), ttl)
+        held: list[str] = []
+        short: list[ShortLine] = []
+        for reply in replies:
+            if isinstance(reply, Held):
+                held.extend(reply.rids)
+            else:
+                short.extend(ShortLine(s.sku, s.requested, s.available) for s in reply.lines)
+        if short:
+            return OutOfStock(tuple(short), tuple(held))
+        return StockHeld()
+
+    async def commit(self, lines: tuple[StockLine, ...]) -> Ack | Rejected:
+        for reply in await self.inventory.commit_many(self._holds(lines)):
+            if isinstance(reply, Rejected):
+                return reply
+        return Ack()
+
+    async def release(self, lines: tuple[StockLine, ...]) -> Ack:
+        await self.inventory.release_many(self._holds(lines))
+        return Ack()
+
+    async def restock(self, lines: tuple[StockLine, ...]) -> Ack:
+        for reply in await self.inventory.return_many(self._holds(lines)):
+            if isinstance(reply, Rejected):
+                raise RuntimeError(f"restock refused: {reply.code}")
+        return Ack()
+
+
+# --- pricing (tables, coupons, product facts) -----------------------------------------------
+# Loading copied from serve/pricing_service.py while pricing moves into memory; the
+# lead relocates it. Only the pure ``quote`` decides prices.
+
+TABLES_TTL_S = 5.0
+DEFAULT_WEIGHT_G = 500
+
+
+@dataclass(frozen=True)
+class Tables:
+    promotions: tuple[Promotion, ...]
+    rates: tuple[ShippingRate, ...]
+    tax_rules: tuple[TaxRule, ...]
+
+
+async def load_tables(db: Any, now: int) -> Tables:
+    """Promotions not yet ended, every shipping rate and every tax rule."""
+    promotions = []
+    for row in await db.fetch(
+        "SELECT id, data FROM promotions WHERE (data->>'ends_at')::bigint > $1 ORDER BY id", now
+    ):
+        checked = validate_promotion(row["data"])
+        if isinstance(checked, Rejected):
+            log.warning("skipping invalid promotion %s: %s", row["id"], checked.detail)
+            continue
+        promotions.append(checked)
+    rates = tuple(
+        ShippingRate(
+            r["method"],
+            r["region"],
+            int(r["base"]),
+            int(r["per_kg"]),
+            None if r["free_over"] is None else int(r["free_over"]),
+            r["days"],
+        )
+        for r in await db.fetch(
+            "SELECT method, region, base, per_kg, free_over, days"
+            " FROM shipping_rates ORDER BY method, region"
+        )
+    )
+    tax_rules = tuple(
+        TaxRule(r["region"], r["category"], r["rate_bp"])
+        for r in await db.fetch(
+            "SELECT region, category, rate_bp FROM tax_rules ORDER BY region, category"
+        )
+    )
+    return Tables(tuple(promotions), rates, tax_rules)
+
+
+async def load_coupon(db: Any, code: str, user_id: str) -> Coupon | None:
+    """The coupon under ``code`` with its usage counts (the shopper's own, for per-user limits)."""
+    key = code.strip().upper()
+    row = await db.fetchrow("SELECT data, uses_total FROM coupons WHERE code = $1", key)
+    if row is None:
+        return None
+    checked = validate_coupon(row["data"])
+    if isinstance(checked, Rejected):
+        log.warning("skipping invalid coupon %s: %s", key, checked.detail)
+        return None
+    used = await db.fetchval(
+        "SELECT count(*) FROM coupon_uses WHERE code = $1 AND user_id = $2", key, user_id
+    )
+    return replace(checked, uses_total=row["uses_total"], uses_by_user={user_id: int(used)})
+
+
+async def product_facts(db: Any, skus: Sequence[str]) -> dict[str, tuple[str, int]]:
+    rows = await db.fetch(
+        "SELECT sku, category, weight_g FROM products WHERE sku = ANY($1::text[])", list(skus)
+    )
+    return {r["sku"]: (r["category"], r["weight_g"]) for r in rows}
+
+
+class PricingAdapter:
+    """Server-side price of a cart snapshot, and atomic coupon redemption."""
+
+    def __init__(self, open_pool: OpenPool, clock: Clock) -> None:
+        self.open_pool = open_pool
+        self.clock = clock
+        self._tables: Tables | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _current_tables(self, db: Any, now: int) -> Tables:
+        async with self._lock:
+            if self._tables is None or time.monotonic() >= self._expires:
+                self._tables = await load_tables(db, now)
+                self._expires = time.monotonic() + TABLES_TTL_S
+            return self._tables
+
+    async def price(
+        self,
+        cart: CartSnapshot,
+        user_id: str,
+        shipping_method: str,
+        country: str,
+        state: str,
+        postal_code: str,
+    ) -> Priced | Rejected:
+        if not cart.lines:
+            return Rejected("empty-cart", "The cart is empty.")
+        db = await self.open_pool()
+        now = self.clock() // 1000
+        facts = await product_facts(db, [x.sku for x in cart.lines])
+        tables = await self._current_tables(db, now)
+        coupons: dict[str, Coupon] = {}
+        if cart.coupon is not None:
+            coupon = await load_coupon(db, cart.coupon, user_id)
+            if coupon is not None:
+                coupons[coupon.code] = coupon
+        lines = [
+            Line(
+                x.sku,
+                facts.get(x.sku, ("", 0))[0],
+                x.unit_price,
+                x.quantity,
+                facts[x.sku][1] if x.sku in facts else DEFAULT_WEIGHT_G,
+            )
+            for x in cart.lines
+        ]
+        quoted = quote(
+            lines,
+            tables.promotions,
+            cart.coupon,
+            coupons,
+            user_id,
+            shipping_method,
+            Destination(country, state, postal_code),
+            tables.rates,
+            tables.tax_rules,
+            now,
+        )
+        if not isinstance(quoted, Quote):
+            return quoted
+        names = {x.sku: x.name for x in cart.lines}
+        return Priced(
+            lines=tuple(
+                PricedLine(q.sku, names.get(q.sku, q.sku), q.quantity, q.unit_price, q.line_total)
+                for q in quoted.lines
+            ),
+            subtotal=quoted.subtotal,
+            discount_total=quoted.discount_total,
+            shipping=quoted.shipping.amount if quoted.shipping else 0,
+            tax=quoted.tax,
+            total=quoted.total,
+            coupon=quoted.coupon,
+        )
+
+    async def redeem(self, code: str, user_id: str, order_id: str) -> Ack | Rejected:
+        """One use of ``code`` by this order, only while under both limits; idempotent."""
+        try:
+            return await self._redeem(code, user_id, order_id)
+        except _Refused as refused:  # raised inside the transaction so that it rolls back
+            return refused.rejected
+
+    async def _redeem(self, code: str, user_id: str, order_id: str) -> Ack | Rejected:
+        db = await self.open_pool()
+        async with db.acquire() as conn, conn.transaction():
+            if await conn.fetchval(
+                "SELECT 1 FROM coupon_uses WHERE code = $1 AND order_id = $2", code, order_id
+            ):
+                return Ack()
+            # The conditional UPDATE locks the coupon's row: concurrent redemptions of
+            # one code serialize here, so both counts below are read under the lock.
+            counted = await conn.fetchrow(
+                "UPDATE coupons SET uses_total = uses_total + 1 WHERE code = $1"
+                " AND (data->>'max_uses_total' IS NULL"
+                "      OR uses_total < (data->>'max_uses_total')::int)"
+                " RETURNING (data->>'max_uses_per_user')::int AS per_user",
+                code,
+            )
+            if counted is None:
+                return Rejected("coupon-exhausted", f"Coupon {code} has been used up.")
+            if counted["per_user"] is not None:
+                mine = await conn.fetchval(
+                    "SELECT count(*) FROM coupon_uses WHERE code = $1 AND user_id = $2",
+                    code,
+                    user_id,
+                )
+                if mine >= counted["per_user"]:
+                    raise _Refused(
+                        Rejected("coupon-user-limit", f"You have used coupon {code} already.")
+                    )
+            await conn.execute(
+                "INSERT INTO coupon_uses (code, user_id, order_id) VALUES ($1, $2, $3)",
+                code,
+                user_id,
+                order_id,
+            )
+        return Ack()
+
+    async def unredeem(self, code: str, order_id: str) -> Ack:
+        """Give the order's use of ``code`` back (nothing happens when it had none)."""
+        db = await self.open_pool()
+        async with db.acquire() as conn, conn.transaction():
+            if await conn.fetchval(
+                "DELETE FROM coupon_uses WHERE code = $1 AND order_id = $2 RETURNING 1",
+                code,
+                order_id,
+            ):
+                await conn.execute(
+                    "UPDATE coupons SET uses_total = greatest(uses_total - 1, 0) WHERE code = $1",
+                    code,
+                )
+        return Ack()
+
+
+class _Refused(Exception):
+    """Rolls the redemption's transaction back and carries the refusal out of it."""
+
+    def __init__(self, rejected: Rejected) -> None:
+        super().__init__(rejected.code)
+        self.rejected = rejected
+
+
+# --- fraud ------------------------------------------------------------------------------------
+
+
+class FraudAdapter:
+    """Facts about the shopper from PostgreSQL, scored by the rules."""
+
+    def __init__(self, open_pool: OpenPool, clock: Clock, review_at: int, block_at: int) -> None:
+        self.open_pool = open_pool
+        self.clock = clock
+        self.review_at, self.block_at = review_at, block_at
+
+    async def screen(
+        self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
+    ) -> Screening:
+        db = await self.open_pool()
+        async with db.acquire() as conn:
+            created = await conn.fetchval(
+                "SELECT extract(epoch FROM created_at)::bigint FROM users WHERE user_id = $1",
+                user_id,
+            )
+            recent = await conn.fetchval(
+                "SELECT count(*) FROM orders WHERE user_id = $1 AND order_id <> $2"
+                " AND created_at > now() - interval '1 hour'",
+                user_id,
+                order_id,
+            )
+        facts = FraudFacts(
+            total=total,
+            max_units_one_sku=max(quantities, default=0),
+            units=sum(quantities),
+            country=country,
+            account_age_s=self.clock() // 1000 - int(created or 0),
+            orders_last_hour=int(recent or 0),
+        )
+        return screen(facts, self.review_at, self.block_at)
+
+
+# --- payments ----------------------------------------------------------------------------------
+
+
+class PaymentsAdapter:
+    """Card (Stripe-compatible) and Pix; the order id is every payment's idempotency key."""
+
+    def __init__(
+        self,
+        open_pool: OpenPool,
+        clock: Clock,
+        *,
+        stripe_api_base: str,
+        stripe_api_key: Any,
+        pix_api_base: str,
+        pix_expiry_s: int,
+        webhook_url: str,
+    ) -> None:
+        self.open_pool = open_pool
+        self.clock = clock
+        self._stripe = (stripe_api_base, stripe_api_key)
+        self._pix_base = pix_api_base
+        self.pix_expiry_s = pix_expiry_s
+        self.webhook_url = webhook_url
+        self._card: StripeCardGateway | None = None
+        self._pix: PixGateway | None = None
+
+    async def card(self) -> StripeCardGateway:
+        if self._card is None:
+            self._card = StripeCardGateway(await self.open_pool(), *self._stripe)
+        return self._card
+
+    async def pix(self) -> PixGateway:
+        if self._pix is None:
+            self._pix = PixGateway(await self.open_pool(), self._pix_base)
+        return self._pix
+
+    async def charge(self, key: str, amount: int, currency: str, token: str) -> Charge:
+        charge = await (await self.card()).charge(
+            key, amount, currency, token, f"Agora order {key}"
+        )
+        if charge.status == "failed":
+            raise PaymentUnavailable(charge.message or "payment provider unavailable")
+        return charge
+
+    async def open_pix(self, key: str, amount: int) -> PixCharge:
+        expires_at = self.clock() // 1000 + self.pix_expiry_s
+        pix = await (await self.pix()).create_charge(key, amount, expires_at, self.webhook_url)
+        return PixCharge(pix["txid"], pix["br_code"], int(pix["expires_at"]), int(pix["amount"]))
+
+    async def pix_paid(self, key: str, amount: int) -> bool:
+        return await (await self.pix()).mark_paid(key, amount)
+
+    async def refund(self, key: str, method: str, payment_id: str | None, amount: int) -> Refund:
+        if method == "pix" or payment_id is None:
+            # Pix refunds (devolução) go through the PSP's own flow; recorded for operators.
+            return Refund("manual", None, amount)
+        refund = await (await self.card()).refund(f"{key}:refund", payment_id, amount)
+        if refund.status != "succeeded":
+            raise PaymentUnavailable("refund not confirmed by the provider yet")
+        return refund
+
+    async def void(self, key: str, method: str) -> Ack:
+        """A charge whose outcome was never learned: settle it as declined, or refund it."""
+        if method == "pix":
+            await (await self.pix()).mark_expired(key)
+            return Ack()
+        outcome = await (await self.card()).void(key)
+        if outcome is not None:
+            await self.refund(key, "card", outcome.payment_id, outcome.amount)
+        return Ack()
+
+
+def order_ports(
+    settings: Any, open_pool: OpenPool, directory: Any, clock: Clock, urls: Any
+) -> Ports:
+    """The saga's ports for one order shard process (``cluster.bootstrap`` calls this)."""
+    return Ports(
+        carts=CartsAdapter(CartClient(directory)),
+        stock=StockAdapter(
+            InventoryClient(directory),
+            settings.reservation_ttl_s,
+            max(settings.reservation_ttl_s, settings.pix_expiry_s + 300),
+        ),
+        pricing=PricingAdapter(open_pool, clock),
+        fraud=FraudAdapter(
+            open_pool, clock, settings.fraud_review_score, settings.fraud_block_score
+        ),
+        payments=PaymentsAdapter(
+            open_pool,
+            clock,
+            stripe_api_base=urls.stripe,
+            stripe_api_key=settings.stripe_api_key,
+            pix_api_base=urls.pix,
+            pix_expiry_s=settings.pix_expiry_s,
+            webhook_url=f"http://{settings.http_host}:{settings.http_port}"
+            "/v1/payments/webhooks/pix",
+        ),
+    )
