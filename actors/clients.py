@@ -200,3 +200,30 @@ class OrderClient(_Client):
 
     async def erase_personal(self, order_id: str) -> None:
         await self._shard(order_id).erase_personal.remote(order_id)
+
+
+class ShardOps(_Client):
+    """Any kind's shards as a whole: liveness and flush metrics (health, metrics, admin)."""
+
+    async def ping(self, kind: str) -> list[str]:
+        """Every shard of ``kind`` answers (and opens its pool); their names."""
+        handles = self.directory.all_handles(kind)
+        return list(await asyncio.gather(*(h.ping.remote() for h in handles)))
+
+    async def stats(self, name: str) -> dict[str, Any]:
+        """One shard's metrics: name, node, pid, resident keys, loads, flush figures."""
+        return cast(dict[str, Any], await self.directory.handle(name).stats.remote())
+
+    async def stats_of(self, kind: str) -> list[dict[str, Any]]:
+        """The metrics of every shard of ``kind``, fetched in parallel."""
+        names = self.directory.shard_names(kind)
+        return list(await asyncio.gather(*(self.stats(name) for name in names)))
+
+    async def ping_all(self, kinds: tuple[str, ...]) -> list[str]:
+        """Every shard of every kind answers; created (detached) where missing."""
+        return [name for kind in kinds for name in await self.ping(kind)]
+
+    async def drain_all(self, kinds: tuple[str, ...]) -> int:
+        """Final flush of every shard of every kind; the rows written."""
+        handles = [h for kind in kinds for h in self.directory.all_handles(kind)]
+        return sum(await asyncio.gather(*(h.drain.remote() for h in handles)))

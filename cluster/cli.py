@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from actors.clients import ShardOps
 from actors.session.passwords import PasswordHasher, check_password, normalise_email
 from cluster import db, infra, rayenv
 from cluster.adapters import signing_keys
@@ -125,9 +126,8 @@ def deploy(settings: Settings, urls: dict[str, str]) -> None:
     import ray
     from ray import serve
 
-    directory = shard_directory(settings)
-    shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
-    ray.get([h.ping.remote() for h in shards], timeout=120)
+    ops = ShardOps(shard_directory(settings))
+    asyncio.run(asyncio.wait_for(ops.ping_all(SHARD_KINDS), 120))
     relay = get_or_create_relay(settings.ray_namespace, relay_config(settings, urls))
     ray.get(relay.health.remote(), timeout=60)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
@@ -151,10 +151,9 @@ def _drain(settings: Settings) -> None:
     """Final flush of every shard and the outbox before the processes go."""
     import ray
 
-    directory = shard_directory(settings)
-    shards = [h for kind in SHARD_KINDS for h in directory.all_handles(kind)]
-    flushed = ray.get([h.drain.remote() for h in shards], timeout=60)
-    _say(f"final flush: {sum(flushed)} rows")
+    ops = ShardOps(shard_directory(settings))
+    flushed = asyncio.run(asyncio.wait_for(ops.drain_all(SHARD_KINDS), 60))
+    _say(f"final flush: {flushed} rows")
     try:
         relay = ray.get_actor(relay_actor_name(), namespace=settings.ray_namespace)
         sent: Any = ray.get(relay.drain.remote(), timeout=60)
@@ -179,10 +178,11 @@ def status(settings: Settings) -> int:
 
     connect_ray(settings)
     directory = shard_directory(settings)
+    ops = ShardOps(directory)
     shards = []
     for name in [n for kind in SHARD_KINDS for n in directory.shard_names(kind)]:
         try:
-            shards.append(ray.get(directory.handle(name).stats.remote(), timeout=5))
+            shards.append(asyncio.run(asyncio.wait_for(ops.stats(name), 5)))
         except Exception as exc:
             shards.append({"name": name, "error": type(exc).__name__})
     report["shards"] = shards

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     auth_requests_period_s: int = 60
     api_requests_per_ip: int = 6000
     api_requests_period_s: int = 60
+    # Each API replica spends the per-IP API limit from leases of
+    # min(limit/100, this) requests, each valid this long (1: exact, no lease).
+    api_lease_max_units: int = 50
+    api_lease_s: float = 1.0
     # The client IP comes only from this header, and only when the direct peer
     # is one of trusted_proxies (CIDRs). Unset: the direct peer address.
     trusted_proxy_header: str | None = None

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from serve import problems
-from serve.ratelimit import Limit, client_ip, trusted_networks
+from serve.ratelimit import LeasedLimiter, Limit, client_ip, lease_units, trusted_networks
 from serve.runtime import runtime
 
 REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -153,17 +153,29 @@ def _forget(work: "asyncio.Future[None]") -> None:
         work.exception()
 
 
+_api_leases: LeasedLimiter | None = None
+
+
+def _api_limiter(limiter: Any, s: Any) -> LeasedLimiter:
+    """This replica's leased per-IP API limit (rebuilt if the runtime's limiter changes)."""
+    global _api_leases
+    if _api_leases is None or _api_leases.limiter is not limiter:
+        limit = Limit("api-ip", s.api_requests_per_ip, s.api_requests_period_s)
+        units = lease_units(limit.limit, s.api_lease_max_units)
+        _api_leases = LeasedLimiter(limiter, limit, units=units, lease_s=s.api_lease_s)
+    return _api_leases
+
+
 async def _within_api_limit(scope: dict[str, Any]) -> bool:
-    """The global per-client-IP limit; fails open if Redis is unreachable."""
+    """The global per-client-IP limit, spent from a local lease; fails open if Redis is down."""
     rt = runtime()
     if rt.limiter is None:
         try:
             await rt.ready()
         except Exception:
             return True
-    limit = Limit("api-ip", rt.settings.api_requests_per_ip, rt.settings.api_requests_period_s)
     try:
-        decision = await rt.limiter.hit(limit, request_ip(Request(scope)))
+        decision = await _api_limiter(rt.limiter, rt.settings).hit(request_ip(Request(scope)))
     except Exception:
         return True
     scope.setdefault("state", {})["retry_after"] = decision.retry_after_s

@@ -28,17 +28,25 @@ The simpler pattern, ``check`` before verifying and ``hit`` only on failure,
 also keeps successes free, but the check and the hit are separate round
 trips: N concurrent wrong guesses that all pass ``check`` are all verified.
 
+``LeasedLimiter`` keeps such a limit off the hot path of a busy process: it
+takes a lease of several units from Redis with one ``hit`` and spends it
+in-process, at the price of a bounded error (its docstring). The per-IP API
+limit uses it; login-failure and auth limits stay exact (one ``hit`` each).
+
 ``client_ip`` decides which address a request counts against: a forwarding
 header is believed only when the direct peer is a trusted proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import math
-from collections.abc import Collection, Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,6 +114,8 @@ class Decision:
     allowed: bool
     retry_after_s: int
     remaining: int
+    # Unrounded wait of a denial, for callers that derive a wait for another cost.
+    retry_after_us: int = 0
 
 
 class RateLimiter:
@@ -133,7 +143,12 @@ class RateLimiter:
         allowed, retry_after_us, remaining = (int(value) for value in reply)
         if allowed:
             return Decision(True, 0, max(0, remaining))
-        return Decision(False, max(1, math.ceil(retry_after_us / 1_000_000)), max(0, remaining))
+        return Decision(
+            False,
+            max(1, math.ceil(retry_after_us / 1_000_000)),
+            max(0, remaining),
+            retry_after_us,
+        )
 
     async def hit(self, limit: Limit, subject: str, cost: int = 1) -> Decision:
         """Consume ``cost`` units if they are all available; a denial consumes nothing."""
@@ -158,6 +173,152 @@ class RateLimiter:
     async def reset(self, limit: Limit, subject: str) -> None:
         """Forget everything counted against ``subject`` under ``limit``."""
         await self._redis.delete(self.key(limit, subject))
+
+
+def lease_units(limit: int, max_units: int) -> int:
+    """Units leased at a time for a limit of ``limit``: 1% of it, at most ``max_units``, >= 1."""
+    return max(1, min(limit // 100, max_units))
+
+
+@dataclass
+class _Lease:
+    units: int = 0  # leased from Redis and not yet spent
+    expires_at: float = 0.0
+    renewing: asyncio.Future[Decision | None] | None = None
+
+
+class Leases:
+    """Pure state of leased budgets: a bounded LRU map ``subject -> lease``; time is passed in.
+
+    A lease is spendable until ``expires_at``; unspent units of an expired lease
+    are "carried": they are still counted in Redis, so the next renewal asks
+    Redis only for the difference (no unit is lost or counted twice).
+    """
+
+    def __init__(self, lease_s: float, max_subjects: int) -> None:
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        if max_subjects < 1:
+            raise ValueError("max_subjects must be at least 1")
+        self.lease_s = lease_s
+        self.max_subjects = max_subjects
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def entry(self, subject: str) -> _Lease:
+        """The subject's lease (created empty), marked most recently used; evicts the LRU one."""
+        lease = self._leases.get(subject)
+        if lease is None:
+            lease = self._leases[subject] = _Lease()
+            while len(self._leases) > self.max_subjects:
+                self._leases.popitem(last=False)
+        else:
+            self._leases.move_to_end(subject)
+        return lease
+
+    def spend(self, subject: str, now: float) -> int | None:
+        """Spend one unit of a live lease: the units left after it, or None (go to Redis)."""
+        lease = self.entry(subject)
+        if lease.units < 1 or now >= lease.expires_at:
+            return None
+        lease.units -= 1
+        return lease.units
+
+    def carried(self, subject: str) -> int:
+        """Unspent units of the subject's (expired) lease, already counted in Redis."""
+        lease = self._leases.get(subject)
+        return lease.units if lease is not None else 0
+
+    def grant(self, subject: str, units: int, now: float) -> None:
+        """The subject now holds ``units`` unspent units for ``lease_s`` seconds."""
+        lease = self.entry(subject)
+        lease.units = units
+        lease.expires_at = now + self.lease_s
+
+
+class LeasedLimiter:
+    """One ``Limit`` enforced in Redis, spent locally in leases of ``units`` requests.
+
+    A request spends a unit of this process's lease for its subject; only when
+    the lease is spent or older than ``lease_s`` does one ``hit`` of cost
+    ``units`` (net of the expired lease's unspent units) take the next lease.
+    Concurrent requests of one subject wait for a single renewal. Near the
+    limit a lease takes what Redis has left, so no unit is refused while Redis
+    still has it. ``units == 1`` is exactly one ``hit`` per request.
+
+    Error bound: Redis counts every unit when it is leased, so what the
+    process admits can run ahead of Redis's count by at most the units it
+    holds unspent, at most ``units`` per subject at any moment. Over any window
+    a subject gets at most the limit plus one lease per replica. (The other
+    way, an evicted subject's unspent units are lost: it is under-admitted by
+    at most one lease.) Redis errors propagate: the caller decides to fail open.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        limit: Limit,
+        *,
+        units: int,
+        lease_s: float = 1.0,
+        max_subjects: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= units <= limit.limit:
+            raise ValueError(f"units must be between 1 and {limit.limit}")
+        self.limiter = limiter
+        self.limit = limit
+        self.units = units
+        self.leases = Leases(lease_s, max_subjects)
+        self._clock = clock
+
+    async def hit(self, subject: str) -> Decision:
+        """Admit one request of ``subject``, from the local lease when it can."""
+        while True:
+            left = self.leases.spend(subject, self._clock())
+            if left is not None:
+                return Decision(True, 0, left)
+            lease = self.leases.entry(subject)
+            if lease.renewing is None:
+                return await self._renew(subject, lease)
+            denied = await asyncio.shield(lease.renewing)
+            if denied is not None:
+                return denied
+
+    async def _renew(self, subject: str, lease: _Lease) -> Decision:
+        """Take a new lease from Redis and spend one unit of it (or the denial)."""
+        renewing: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        lease.renewing = renewing
+        outcome: Decision | None = None
+        try:
+            outcome = await self._lease(subject)
+            return outcome
+        finally:
+            lease.renewing = None
+            # Waiters get a denial as theirs; after a grant (or an error) they look again.
+            renewing.set_result(None if outcome is None or outcome.allowed else outcome)
+
+    async def _lease(self, subject: str) -> Decision:
+        carried = min(self.leases.carried(subject), self.units - 1)
+        cost = self.units - carried
+        decision = await self.limiter.hit(self.limit, subject, cost)
+        got = cost if decision.allowed else 0
+        if not decision.allowed and decision.remaining >= 1:
+            # Redis has fewer than a lease left: take what is left.
+            cost = min(decision.remaining, cost)
+            decision = await self.limiter.hit(self.limit, subject, cost)
+            got = cost if decision.allowed else 0
+        held = carried + got
+        if held < 1:
+            # The wait Redis gave is for ``cost`` units; one unit is due sooner.
+            wait_us = decision.retry_after_us - (cost - 1) * self.limit.emission_us
+            retry = max(1, math.ceil(wait_us / 1_000_000))
+            self.leases.grant(subject, 0, self._clock())
+            return Decision(False, retry, 0, max(0, wait_us))
+        self.leases.grant(subject, held - 1, self._clock())
+        return Decision(True, 0, held - 1)
 
 
 def trusted_networks(specs: Iterable[str]) -> frozenset[IPNetwork]:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
 
-from actors.clients import CartClient
+from actors.clients import CartClient, ShardOps
 from cluster.bootstrap import shard_directory
 from cluster.db import create_pool
 from cluster.services import cart_token_secret, service_urls
@@ -70,6 +70,7 @@ class Runtime:
         self.urls: Any = None
         self.directory = shard_directory(settings)
         self.carts = CartClient(self.directory)
+        self.shards = ShardOps(self.directory)
         self.catalog: CatalogState | None = None
         self.follower: Follower | None = None
         self.tokens: CartTokens | None = None
@@ -135,9 +136,11 @@ class Runtime:
                 )
             self.issuer = TokenIssuer(signing, s.jwt_issuer, s.jwt_audience, s.access_token_ttl_s)
             self.verifier = TokenVerifier(
-                {k.kid: k.public_jwk for k in verifying}, s.jwt_issuer, s.jwt_audience,
+                {k.kid: k.public_jwk for k in verifying},
+                s.jwt_issuer,
+                s.jwt_audience,
                 s.jwt_leeway_s,
-            )  # fmt: skip
+            )
             self.jwks = jwks(verifying)
             self._keys_loaded_at = time.monotonic()
         return self
@@ -157,5 +160,4 @@ class Runtime:
         writer.close()
 
     async def check_shards(self) -> None:
-        refs = [h.ping.remote() for h in self.directory.all_handles("cart")]
-        await asyncio.wait_for(asyncio.gather(*refs), 5.0)
+        await asyncio.wait_for(self.shards.ping("cart"), 5.0)

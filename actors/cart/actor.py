@@ -43,10 +43,6 @@ class CartShardImpl(ShardShell[Cart]):
         """The cart's current view."""
         return (await self.state(cart_id)).view()
 
-    async def get(self, cart_id: str) -> dict[str, Any]:
-        """The view as a mapping: the pre-v2 reply, for callers not yet on ``CartClient``."""
-        return (await self.state(cart_id)).doc_view()
-
     async def add_item(
         self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
     ) -> CartView | Rejected:

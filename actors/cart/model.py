@@ -36,6 +36,11 @@ class CartRules:
 _COUPON_CODE = re.compile(r"[A-Z0-9_-]{1,64}")
 
 
+def user_cart_id(user_id: str) -> str:
+    """The id of a signed-in shopper's cart (anonymous carts have token-derived ids)."""
+    return f"user:{user_id}"
+
+
 @dataclass(frozen=True)
 class CartViewLine:
     sku: str
@@ -253,23 +258,3 @@ class Cart:
             for x in self.lines.values()
         )
         return CartView(self.cart_id, self.version, lines, self.subtotal, self.coupon)
-
-    def doc_view(self) -> dict[str, Any]:
-        """The view as a plain mapping (the pre-v2 ``get`` reply, for callers not yet typed)."""
-        view = self.view()
-        return {
-            "cart_id": view.cart_id,
-            "version": view.version,
-            "lines": [
-                {
-                    "sku": x.sku,
-                    "name": x.name,
-                    "quantity": x.quantity,
-                    "unit_price": x.unit_price,
-                    "line_total": x.line_total,
-                }
-                for x in view.lines
-            ],
-            "subtotal": view.subtotal,
-            "coupon": view.coupon,
-        }

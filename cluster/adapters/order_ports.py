@@ -5,10 +5,11 @@
   ``reserve_many`` / ``commit_many`` / ``release_many`` call per shard
   involved, in parallel; all lines or none.
 - ``PricingAdapter``: the pure ``actors.pricing.engine.quote`` over tables read
-  from PostgreSQL, and coupon redemption: one transaction that counts a use
-  only while ``coupons.uses_total`` and the shopper's own uses are under the
-  coupon's limits (a conditional ``UPDATE`` takes the coupon's row lock, so
-  concurrent checkouts of one coupon serialize here), idempotent per order.
+  from PostgreSQL through ``cluster.adapters.pricing_store``, and coupon
+  redemption: one transaction that counts a use only while ``coupons.uses_total``
+  and the shopper's own uses are under the coupon's limits (a conditional
+  ``UPDATE`` takes the coupon's row lock, so concurrent checkouts of one coupon
+  serialize here), idempotent per order.
 - ``FraudAdapter``: facts from PostgreSQL, scored by ``actors.fraud.rules.screen``.
 - ``PaymentsAdapter``: card charges (``StripeCardGateway``) and Pix
   (``PixGateway``); an outcome not yet known raises, so the saga retries.
@@ -20,10 +21,8 @@ once, on first use); nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors.clients import CartClient, InventoryClient
@@ -45,22 +44,10 @@ from actors.order.model import (
     StockLine,
 )
 from actors.order.ports import Ports
-from actors.pricing.engine import (
-    Coupon,
-    Destination,
-    Line,
-    Promotion,
-    Quote,
-    ShippingRate,
-    TaxRule,
-    quote,
-    validate_coupon,
-    validate_promotion,
-)
+from actors.pricing.engine import Coupon, Destination, Line, Quote, quote
+from cluster.adapters import pricing_store
 from cluster.adapters.pix_gateway import PixGateway
 from cluster.adapters.stripe_card import StripeCardGateway
-
-log = logging.getLogger(__name__)
 
 OpenPool = Callable[[], Awaitable[Any]]
 Clock = Callable[[], int]
@@ -138,75 +125,10 @@ class StockAdapter:
 
 
 # --- pricing (tables, coupons, product facts) -----------------------------------------------
-# Loading copied from serve/pricing_service.py while pricing moves into memory; the
-# lead relocates it. Only the pure ``quote`` decides prices.
+# Loaded through ``cluster.adapters.pricing_store`` (the one loader); only the pure
+# ``quote`` decides prices.
 
 TABLES_TTL_S = 5.0
-DEFAULT_WEIGHT_G = 500
-
-
-@dataclass(frozen=True)
-class Tables:
-    promotions: tuple[Promotion, ...]
-    rates: tuple[ShippingRate, ...]
-    tax_rules: tuple[TaxRule, ...]
-
-
-async def load_tables(db: Any, now: int) -> Tables:
-    """Promotions not yet ended, every shipping rate and every tax rule."""
-    promotions = []
-    for row in await db.fetch(
-        "SELECT id, data FROM promotions WHERE (data->>'ends_at')::bigint > $1 ORDER BY id", now
-    ):
-        checked = validate_promotion(row["data"])
-        if isinstance(checked, Rejected):
-            log.warning("skipping invalid promotion %s: %s", row["id"], checked.detail)
-            continue
-        promotions.append(checked)
-    rates = tuple(
-        ShippingRate(
-            r["method"],
-            r["region"],
-            int(r["base"]),
-            int(r["per_kg"]),
-            None if r["free_over"] is None else int(r["free_over"]),
-            r["days"],
-        )
-        for r in await db.fetch(
-            "SELECT method, region, base, per_kg, free_over, days"
-            " FROM shipping_rates ORDER BY method, region"
-        )
-    )
-    tax_rules = tuple(
-        TaxRule(r["region"], r["category"], r["rate_bp"])
-        for r in await db.fetch(
-            "SELECT region, category, rate_bp FROM tax_rules ORDER BY region, category"
-        )
-    )
-    return Tables(tuple(promotions), rates, tax_rules)
-
-
-async def load_coupon(db: Any, code: str, user_id: str) -> Coupon | None:
-    """The coupon under ``code`` with its usage counts (the shopper's own, for per-user limits)."""
-    key = code.strip().upper()
-    row = await db.fetchrow("SELECT data, uses_total FROM coupons WHERE code = $1", key)
-    if row is None:
-        return None
-    checked = validate_coupon(row["data"])
-    if isinstance(checked, Rejected):
-        log.warning("skipping invalid coupon %s: %s", key, checked.detail)
-        return None
-    used = await db.fetchval(
-        "SELECT count(*) FROM coupon_uses WHERE code = $1 AND user_id = $2", key, user_id
-    )
-    return replace(checked, uses_total=row["uses_total"], uses_by_user={user_id: int(used)})
-
-
-async def product_facts(db: Any, skus: Sequence[str]) -> dict[str, tuple[str, int]]:
-    rows = await db.fetch(
-        "SELECT sku, category, weight_g FROM products WHERE sku = ANY($1::text[])", list(skus)
-    )
-    return {r["sku"]: (r["category"], r["weight_g"]) for r in rows}
 
 
 class PricingAdapter:
@@ -215,14 +137,14 @@ class PricingAdapter:
     def __init__(self, open_pool: OpenPool, clock: Clock) -> None:
         self.open_pool = open_pool
         self.clock = clock
-        self._tables: Tables | None = None
+        self._tables: pricing_store.Tables | None = None
         self._expires = 0.0
         self._lock = asyncio.Lock()
 
-    async def _current_tables(self, db: Any, now: int) -> Tables:
+    async def _current_tables(self, db: Any, now: int) -> pricing_store.Tables:
         async with self._lock:
             if self._tables is None or time.monotonic() >= self._expires:
-                self._tables = await load_tables(db, now)
+                self._tables = await pricing_store.load_tables(db, now)
                 self._expires = time.monotonic() + TABLES_TTL_S
             return self._tables
 
@@ -239,23 +161,19 @@ class PricingAdapter:
             return Rejected("empty-cart", "The cart is empty.")
         db = await self.open_pool()
         now = self.clock() // 1000
-        facts = await product_facts(db, [x.sku for x in cart.lines])
+        products = await pricing_store.load_products(db, [x.sku for x in cart.lines])
         tables = await self._current_tables(db, now)
         coupons: dict[str, Coupon] = {}
         if cart.coupon is not None:
-            coupon = await load_coupon(db, cart.coupon, user_id)
+            coupon = await pricing_store.coupon_with_uses(db, cart.coupon, user_id)
             if coupon is not None:
                 coupons[coupon.code] = coupon
-        lines = [
-            Line(
-                x.sku,
-                facts.get(x.sku, ("", 0))[0],
-                x.unit_price,
-                x.quantity,
-                facts[x.sku][1] if x.sku in facts else DEFAULT_WEIGHT_G,
-            )
-            for x in cart.lines
-        ]
+        lines = []
+        for x in cart.lines:
+            facts = products.get(x.sku)
+            category = facts[0].category if facts else ""
+            weight_g = facts[0].weight_g if facts else pricing_store.DEFAULT_WEIGHT_G
+            lines.append(Line(x.sku, category, x.unit_price, x.quantity, weight_g))
         quoted = quote(
             lines,
             tables.promotions,

@@ -5,10 +5,12 @@ No ``from __future__ import annotations``: FastAPI reads the annotations.
 """
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Response
 
+from actors.cart.model import user_cart_id
 from actors.clients import OrderClient
 from cluster.adapters import accounts
 from serve.auth import flows
@@ -63,8 +65,7 @@ async def export_me(principal: User) -> dict[str, Any]:
         orders = await accounts.orders_of(conn, user_id)
     for order in orders:
         order.get("request", {}).get("payment", {}).pop("token", None)
-    cart_id = f"user:{user_id}"
-    cart = await actor_call(rt.directory.get("cart", cart_id).get.remote(cart_id))
+    cart = await actor_call(rt.carts.get(user_cart_id(user_id)), "The cart service")
     sessions = await actor_call(flows.sessions(rt).active(user_id), "Sessions")
     return {
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -72,7 +73,7 @@ async def export_me(principal: User) -> dict[str, Any]:
         "consents": profile["consents"],
         "security": {"mfa_enabled": profile["mfa_enabled"], "unused_recovery_codes": recovery},
         "sessions": sessions,
-        "carts": [{"lines": cart["lines"], "subtotal": cart["subtotal"]}],
+        "carts": [{"lines": [asdict(x) for x in cart.lines], "subtotal": cart.subtotal}],
         "orders": orders,
     }
 
@@ -86,8 +87,7 @@ async def erase_me(principal: User) -> Response:
     await rt.redis.set(erased_key, "erased", ex=flows.revocation_ttl(rt))
     await actor_call(flows.sessions(rt).revoke_all(user_id, "erased"), "Sessions")
     await actor_call(flows.sessions(rt).erase(user_id), "Sessions")
-    cart_id = f"user:{user_id}"
-    await actor_call(rt.directory.get("cart", cart_id).clear.remote(cart_id))
+    await actor_call(rt.carts.clear(user_cart_id(user_id)), "The cart service")
     async with rt.pool.acquire() as conn:
         order_ids = await accounts.order_ids_of(conn, user_id)
     orders = OrderClient(rt.directory)

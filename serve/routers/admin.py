@@ -238,9 +238,11 @@ _COUPON_EXAMPLE = {
     response_model=PromotionView,
     status_code=201,
     openapi_extra=ADMIN,
-    responses={409: {"description": "a promotion with this id exists"},
-               422: {"description": "invalid fields, each listed"}},
-)  # fmt: skip
+    responses={
+        409: {"description": "a promotion with this id exists"},
+        422: {"description": "invalid fields, each listed"},
+    },
+)
 async def create_promotion(
     body: Annotated[dict[str, Any], Body(examples=[_PROMOTION_EXAMPLE])], _admin: Admin
 ) -> Any:
@@ -295,8 +297,9 @@ async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = Non
         rows = await conn.fetch(
             "SELECT id, data, created_at FROM promotions WHERE ($1::text IS NULL OR id > $1)"
             " ORDER BY id LIMIT $2",
-            after, limit + 1,
-        )  # fmt: skip
+            after,
+            limit + 1,
+        )
     rows, next_cursor = page(rows, limit, "id")
     return {
         "items": [_promotion_view(r["data"], r["created_at"]) for r in rows],
@@ -309,9 +312,11 @@ async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = Non
     response_model=CouponView,
     status_code=201,
     openapi_extra=ADMIN,
-    responses={409: {"description": "a coupon with this code exists"},
-               422: {"description": "invalid fields, each listed"}},
-)  # fmt: skip
+    responses={
+        409: {"description": "a coupon with this code exists"},
+        422: {"description": "invalid fields, each listed"},
+    },
+)
 async def create_coupon(
     body: Annotated[dict[str, Any], Body(examples=[_COUPON_EXAMPLE])], _admin: Admin
 ) -> Any:
@@ -352,8 +357,9 @@ async def list_coupons(_admin: Admin, limit: Limit = 50, cursor: Cursor = None) 
         rows = await conn.fetch(
             "SELECT code, data, uses_total, created_at FROM coupons"
             " WHERE ($1::text IS NULL OR code > $1) ORDER BY code LIMIT $2",
-            after, limit + 1,
-        )  # fmt: skip
+            after,
+            limit + 1,
+        )
     rows, next_cursor = page(rows, limit, "code")
     return {
         "items": [_coupon_view(r["data"], r["uses_total"], r["created_at"]) for r in rows],
@@ -369,7 +375,7 @@ async def cluster(_admin: Admin) -> dict[str, Any]:
     for kind in ("cart", "session", "inventory", "order"):
         for name in rt.directory.shard_names(kind):
             try:
-                stats = await asyncio.wait_for(rt.directory.handle(name).stats.remote(), 2)
+                stats = await asyncio.wait_for(rt.shards.stats(name), 2)
                 shards.append({"kind": kind, **stats})
             except Exception:
                 shards.append({"kind": kind, "name": name, "error": "unavailable"})

@@ -17,6 +17,7 @@ import msgspec
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from actors.cart.model import CartView as ShardCart
+from actors.cart.model import user_cart_id
 from actors.messages import Rejected
 from actors.pricing.engine import AppliedDiscount, Destination, Quote
 from cluster.adapters import pricing_store
@@ -91,7 +92,7 @@ def _cart_id(rt: Runtime, token: str | None, principal: Any = None) -> tuple[str
     """The caller's cart id and, for anonymous callers, their cart token."""
     assert rt.tokens is not None
     if principal is not None:
-        return f"user:{principal.user_id}", None
+        return user_cart_id(principal.user_id), None
     if token is None:
         token = rt.tokens.issue()
     cart_id = rt.tokens.cart_id(token)
@@ -314,5 +315,5 @@ async def merge_anonymous_cart(rt: Any, request: Request, user_id: str) -> None:
     anon = await actor_call(rt.carts.get(anon_id), WHAT)
     if not anon.lines and anon.coupon is None:
         return
-    await actor_call(rt.carts.absorb(f"user:{user_id}", anon.lines, anon.coupon), WHAT)
+    await actor_call(rt.carts.absorb(user_cart_id(user_id), anon.lines, anon.coupon), WHAT)
     await actor_call(rt.carts.clear(anon_id), WHAT)

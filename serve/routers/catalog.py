@@ -55,8 +55,12 @@ async def list_products(
             " AND ($3::bigint IS NULL OR p.price_minor >= $3)"
             " AND ($4::bigint IS NULL OR p.price_minor <= $4)"
             " ORDER BY p.sku LIMIT $5",
-            category, after, min_price, max_price, limit + 1,
-        )  # fmt: skip
+            category,
+            after,
+            min_price,
+            max_price,
+            limit + 1,
+        )
         facets = rt.facets.get((min_price, max_price))
         if facets is None:
             counts = await conn.fetch(
@@ -64,8 +68,9 @@ async def list_products(
                 " WHERE ($1::bigint IS NULL OR price_minor >= $1)"
                 " AND ($2::bigint IS NULL OR price_minor <= $2)"
                 " GROUP BY category ORDER BY category",
-                min_price, max_price,
-            )  # fmt: skip
+                min_price,
+                max_price,
+            )
             facets = {"category": {r["category"]: r["n"] for r in counts}}
             rt.facets.put((min_price, max_price), facets)
     rows, next_cursor = page(rows, limit, "sku")

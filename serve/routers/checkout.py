@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import Field
 
+from actors.cart.model import user_cart_id
 from actors.messages import Rejected
 from actors.order.model import order_id_for
 from cluster.adapters.webhooks import verify
@@ -117,7 +118,7 @@ async def checkout(
     request_doc = body.model_dump()
     request_hash = hashlib.sha256(json.dumps(request_doc, sort_keys=True).encode()).hexdigest()
     order_id = order_id_for(principal.user_id, idempotency_key.strip())
-    cart_id = f"user:{principal.user_id}"
+    cart_id = user_cart_id(principal.user_id)
     reply = await actor_call(
         order_client().checkout(order_id, principal.user_id, request_hash, request_doc, cart_id),
         "Checkout",

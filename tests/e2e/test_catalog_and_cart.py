@@ -37,8 +37,15 @@ def test_catalog_has_the_demo_data(http):
     assert len(categories) >= 10 and sum(categories.values()) >= 2000
     item = page["items"][0]
     assert set(item) >= {
-        "sku", "name", "description", "category", "price", "attributes", "images", "in_stock"
-    }  # fmt: skip
+        "sku",
+        "name",
+        "description",
+        "category",
+        "price",
+        "attributes",
+        "images",
+        "in_stock",
+    }
     assert isinstance(item["price"]["amount"], int) and item["price"]["currency"] == "BRL"
 
 

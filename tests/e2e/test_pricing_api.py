@@ -80,8 +80,12 @@ async def catalog(db):
         await db.execute(
             "INSERT INTO products (sku, name, description, category, price_minor, weight_g)"
             " VALUES ($1, $2, 'pricing test product', $3, $4, $5)",
-            sku, f"Pricing test {sku}", category, price, weight,
-        )  # fmt: skip
+            sku,
+            f"Pricing test {sku}",
+            category,
+            price,
+            weight,
+        )
         await db.execute("INSERT INTO inventory (sku, on_hand) VALUES ($1, 100)", sku)
     yield cat
     codes = f"{cat.code_prefix}-%"
@@ -104,8 +108,13 @@ def admin(http) -> dict[str, str]:
     email, password = f"t-{uuid.uuid4().hex}@example.com", secrets.token_urlsafe(16)
     subprocess.run(
         [str(AGORA), "admin", "create", email, "--password-stdin"],
-        input=password + "\n", text=True, cwd=ROOT, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        input=password + "\n",
+        text=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return _login(http, email, password)
 
 
@@ -123,15 +132,25 @@ def shopper(http) -> tuple[str, dict[str, str]]:
 def promotions(http, admin, catalog) -> dict[str, str]:
     """10% off category_a (from an RFC 3339 start) and buy 3 pay 2 on sku_b."""
     ten = {
-        "id": f"t-{catalog.tag}-10off", "kind": "percentage", "target": "category",
-        "target_value": catalog.category_a, "value": 1000, "starts_at": rfc3339(NOW - 60),
-        "ends_at": NOW + HOUR, "label": "10% off test",
-    }  # fmt: skip
+        "id": f"t-{catalog.tag}-10off",
+        "kind": "percentage",
+        "target": "category",
+        "target_value": catalog.category_a,
+        "value": 1000,
+        "starts_at": rfc3339(NOW - 60),
+        "ends_at": NOW + HOUR,
+        "label": "10% off test",
+    }
     three = {
-        "id": f"t-{catalog.tag}-3for2", "kind": "buy_x_pay_y", "target": "sku",
-        "target_value": catalog.sku_b, "buy": 3, "pay": 2, "starts_at": NOW - 60,
+        "id": f"t-{catalog.tag}-3for2",
+        "kind": "buy_x_pay_y",
+        "target": "sku",
+        "target_value": catalog.sku_b,
+        "buy": 3,
+        "pay": 2,
+        "starts_at": NOW - 60,
         "ends_at": rfc3339(NOW + HOUR),
-    }  # fmt: skip
+    }
     for body in (ten, three):
         reply = http.post("/v1/admin/promotions", json=body, headers=admin)
         assert reply.status_code == 201, reply.text
@@ -139,8 +158,14 @@ def promotions(http, admin, catalog) -> dict[str, str]:
 
 
 def coupon(http, admin, catalog, name: str, **fields) -> str:
-    body = {"code": f"{catalog.code_prefix}-{name}", "kind": "percentage", "value": 1000,
-            "starts_at": NOW - 60, "ends_at": NOW + HOUR, **fields}  # fmt: skip
+    body = {
+        "code": f"{catalog.code_prefix}-{name}",
+        "kind": "percentage",
+        "value": 1000,
+        "starts_at": NOW - 60,
+        "ends_at": NOW + HOUR,
+        **fields,
+    }
     reply = http.post("/v1/admin/coupons", json=body, headers=admin)
     assert reply.status_code == 201, reply.text
     return reply.json()["code"]
@@ -149,8 +174,9 @@ def coupon(http, admin, catalog, name: str, **fields) -> str:
 def new_cart(http, lines: dict[str, int]) -> dict[str, str]:
     headers = {"X-Cart-Token": http.get("/v1/cart").json()["cart_token"]}
     for sku, quantity in lines.items():
-        reply = http.post("/v1/cart/items", json={"sku": sku, "quantity": quantity},
-                          headers=headers)  # fmt: skip
+        reply = http.post(
+            "/v1/cart/items", json={"sku": sku, "quantity": quantity}, headers=headers
+        )
         assert reply.status_code == 200, reply.text
     return headers
 
@@ -179,10 +205,16 @@ def test_admin_creates_and_lists_promotions(http, admin, catalog, promotions):
     ten = promotions["ten"]
     again = http.post(
         "/v1/admin/promotions",
-        json={"id": ten, "kind": "fixed", "target": "cart", "value": 1,
-              "starts_at": NOW, "ends_at": NOW + 1},
+        json={
+            "id": ten,
+            "kind": "fixed",
+            "target": "cart",
+            "value": 1,
+            "starts_at": NOW,
+            "ends_at": NOW + 1,
+        },
         headers=admin,
-    )  # fmt: skip
+    )
     assert assert_problem(again, 409)["type"].endswith("/promotion-exists")
 
     found, cursor = {}, None
@@ -195,12 +227,21 @@ def test_admin_creates_and_lists_promotions(http, admin, catalog, promotions):
         if cursor is None:
             break
     assert found[ten] == {
-        "id": ten, "kind": "percentage", "target": "category",
-        "target_value": catalog.category_a, "value": 1000, "buy": None, "pay": None,
-        "tiers": None, "starts_at": rfc3339(NOW - 60), "ends_at": rfc3339(NOW + HOUR),
-        "stackable": False, "priority": 0, "label": "10% off test",
+        "id": ten,
+        "kind": "percentage",
+        "target": "category",
+        "target_value": catalog.category_a,
+        "value": 1000,
+        "buy": None,
+        "pay": None,
+        "tiers": None,
+        "starts_at": rfc3339(NOW - 60),
+        "ends_at": rfc3339(NOW + HOUR),
+        "stackable": False,
+        "priority": 0,
+        "label": "10% off test",
         "created_at": found[ten]["created_at"],
-    }  # fmt: skip
+    }
     assert found[promotions["three"]]["buy"] == 3 and found[promotions["three"]]["pay"] == 2
     assert found[ten]["created_at"].endswith("Z")
     first = http.get("/v1/admin/promotions", params={"limit": 1}, headers=admin).json()
@@ -208,26 +249,40 @@ def test_admin_creates_and_lists_promotions(http, admin, catalog, promotions):
 
 
 def test_admin_creates_and_lists_coupons(http, admin, catalog):
-    code = coupon(http, admin, catalog, "listme", min_subtotal=5000, max_uses_total=10,
-                  label="Listed")  # fmt: skip
+    code = coupon(
+        http, admin, catalog, "listme", min_subtotal=5000, max_uses_total=10, label="Listed"
+    )
     assert code == f"{catalog.code_prefix}-LISTME"
     dup = http.post(
         "/v1/admin/coupons",
-        json={"code": code.lower(), "kind": "fixed", "value": 100, "starts_at": NOW,
-              "ends_at": NOW + 10},
+        json={
+            "code": code.lower(),
+            "kind": "fixed",
+            "value": 100,
+            "starts_at": NOW,
+            "ends_at": NOW + 10,
+        },
         headers=admin,
-    )  # fmt: skip
+    )
     assert assert_problem(dup, 409)["type"].endswith("/coupon-exists")
     after = f"{catalog.code_prefix}-LISTMD"  # sorts just before the code
     start = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
     page = http.get("/v1/admin/coupons", params={"limit": 1, "cursor": start}, headers=admin)
     assert page.status_code == 200, page.text
     assert page.json()["items"][0] == {
-        "code": code, "kind": "percentage", "value": 1000, "starts_at": rfc3339(NOW - 60),
-        "ends_at": rfc3339(NOW + HOUR), "min_subtotal": 5000, "max_uses_total": 10,
-        "max_uses_per_user": None, "stackable": False, "label": "Listed", "uses_total": 0,
+        "code": code,
+        "kind": "percentage",
+        "value": 1000,
+        "starts_at": rfc3339(NOW - 60),
+        "ends_at": rfc3339(NOW + HOUR),
+        "min_subtotal": 5000,
+        "max_uses_total": 10,
+        "max_uses_per_user": None,
+        "stackable": False,
+        "label": "Listed",
+        "uses_total": 0,
         "created_at": page.json()["items"][0]["created_at"],
-    }  # fmt: skip
+    }
 
 
 ADMIN_ROUTES = [
@@ -257,8 +312,13 @@ async def test_promotions_reprice_the_cart(http, catalog, promotions):
     cart = await priced_cart(http, headers, discount_total=2000 + 2500)
     a, b, book = cart["lines"]
     assert a["sku"] == catalog.sku_a and amount(a["line_subtotal"]) == 20_000
-    assert a["discounts"] == [{"id": promotions["ten"], "label": "10% off test",
-                               "amount": {"amount": 2000, "currency": "BRL"}}]  # fmt: skip
+    assert a["discounts"] == [
+        {
+            "id": promotions["ten"],
+            "label": "10% off test",
+            "amount": {"amount": 2000, "currency": "BRL"},
+        }
+    ]
     assert amount(a["line_total"]) == 18_000 and amount(a["unit_price"]) == 10_000
     assert [d["label"] for d in b["discounts"]] == ["buy 3 pay 2"]
     assert amount(b["line_total"]) == 5_000
@@ -269,47 +329,51 @@ async def test_promotions_reprice_the_cart(http, catalog, promotions):
     subtotal = 20_000 + 7_500 + amount(book["unit_price"])
     assert amount(cart["subtotal"]) == subtotal
     assert [(d["id"], d["kind"], amount(d["amount"])) for d in cart["discounts"]] == [
-        (promotions["ten"], "promotion", 2000), (promotions["three"], "promotion", 2500)
-    ]  # fmt: skip
+        (promotions["ten"], "promotion", 2000),
+        (promotions["three"], "promotion", 2500),
+    ]
     assert cart["shipping"] is None and cart["delivery"] is None and cart["coupon"] is None
     assert amount(cart["total"]) == subtotal - 4500 + amount(cart["tax"])
 
     # Every mutation answers the priced cart too.
     removed = http.delete("/v1/cart/items/BOO-000001", headers=headers).json()
     assert amount(removed["total"]) == 27_500 - 4500 + amount(removed["tax"])
-    fewer = http.patch(f"/v1/cart/items/{catalog.sku_b}", json={"quantity": 2},
-                       headers=headers).json()  # fmt: skip
+    fewer = http.patch(
+        f"/v1/cart/items/{catalog.sku_b}", json={"quantity": 2}, headers=headers
+    ).json()
     assert amount(fewer["discount_total"]) == 2000 and fewer["lines"][1]["discounts"] == []
 
 
 async def test_shipping_is_quoted_on_request(http, db, catalog, promotions):
     headers = new_cart(http, {catalog.sku_a: 2, catalog.sku_b: 3})
     plain = await priced_cart(http, headers, discount_total=4500)
-    rates = {
-        (r["method"], r["region"]): r
-        for r in await db.fetch("SELECT * FROM shipping_rates")
-    }  # fmt: skip
+    rates = {(r["method"], r["region"]): r for r in await db.fetch("SELECT * FROM shipping_rates")}
     kilograms = math.ceil((2 * 400 + 3 * 1200) / 1000)
     discounted = 27_500 - 4500
-    for method, state, region in (("express", "sp", "SP"), ("standard", "BA", "*"),
-                                  ("standard", "SP", "SP")):  # fmt: skip
+    for method, state, region in (
+        ("express", "sp", "SP"),
+        ("standard", "BA", "*"),
+        ("standard", "SP", "SP"),
+    ):
         rate = rates.get((method, region)) or rates[(method, "*")]
         free = rate["free_over"] is not None and discounted >= rate["free_over"]
         expected = 0 if free else rate["base"] + rate["per_kg"] * kilograms
-        cart = http.get("/v1/cart", headers=headers,
-                        params={"shipping_method": method, "state": state})  # fmt: skip
+        cart = http.get(
+            "/v1/cart", headers=headers, params={"shipping_method": method, "state": state}
+        )
         assert cart.status_code == 200, cart.text
         body = cart.json()
         assert amount(body["shipping"]) == expected, (method, state)
-        assert body["delivery"] == {"method": method, "state": state.upper(),
-                                    "days": rate["days"]}  # fmt: skip
+        assert body["delivery"] == {"method": method, "state": state.upper(), "days": rate["days"]}
         assert amount(body["total"]) == discounted + expected + amount(body["tax"])
     no_state = http.get("/v1/cart", headers=headers, params={"shipping_method": "standard"})
     problem = assert_problem(no_state, 422)
     assert problem["type"].endswith("/shipping-destination-required") and problem["detail"]
-    for params in ({"shipping_method": "teleport", "state": "SP"},
-                   {"shipping_method": "standard", "state": "S1"},
-                   {"shipping_method": "standard", "state": "SPX"}):  # fmt: skip
+    for params in (
+        {"shipping_method": "teleport", "state": "SP"},
+        {"shipping_method": "standard", "state": "S1"},
+        {"shipping_method": "standard", "state": "SPX"},
+    ):
         assert_problem(http.get("/v1/cart", headers=headers, params=params), 422)
     assert http.get("/v1/cart", headers=headers).json() == plain
 
@@ -317,17 +381,26 @@ async def test_shipping_is_quoted_on_request(http, db, catalog, promotions):
 async def test_coupons_apply_refuse_and_remove(http, admin, catalog, promotions):
     save = coupon(http, admin, catalog, "save", stackable=True, label="Ten more")
     codes = {
-        "coupon-expired": coupon(http, admin, catalog, "old", starts_at=rfc3339(NOW - 2 * HOUR),
-                                 ends_at=rfc3339(NOW - HOUR)),
-        "coupon-not-started": coupon(http, admin, catalog, "soon", starts_at=NOW + HOUR,
-                                     ends_at=NOW + 2 * HOUR),
-        "coupon-min-subtotal": coupon(http, admin, catalog, "big", min_subtotal=10_000_000,
-                                      stackable=True),
-        "coupon-login-required": coupon(http, admin, catalog, "once", max_uses_per_user=1,
-                                        stackable=True),
+        "coupon-expired": coupon(
+            http,
+            admin,
+            catalog,
+            "old",
+            starts_at=rfc3339(NOW - 2 * HOUR),
+            ends_at=rfc3339(NOW - HOUR),
+        ),
+        "coupon-not-started": coupon(
+            http, admin, catalog, "soon", starts_at=NOW + HOUR, ends_at=NOW + 2 * HOUR
+        ),
+        "coupon-min-subtotal": coupon(
+            http, admin, catalog, "big", min_subtotal=10_000_000, stackable=True
+        ),
+        "coupon-login-required": coupon(
+            http, admin, catalog, "once", max_uses_per_user=1, stackable=True
+        ),
         "coupon-not-stackable": coupon(http, admin, catalog, "solo", kind="fixed", value=1500),
         "coupon-unknown": f"{catalog.code_prefix}-NOSUCH",
-    }  # fmt: skip
+    }
     headers = new_cart(http, {catalog.sku_a: 2})
     await priced_cart(http, headers, discount_total=2000)
 
@@ -335,8 +408,12 @@ async def test_coupons_apply_refuse_and_remove(http, admin, catalog, promotions)
     assert applied.status_code == 200, applied.text
     cart = applied.json()
     assert cart["coupon"] == {"code": save, "applied": True, "reason_code": None, "reason": None}
-    assert cart["discounts"][-1] == {"id": save, "label": "Ten more", "kind": "coupon",
-                                     "amount": {"amount": 1800, "currency": "BRL"}}  # fmt: skip
+    assert cart["discounts"][-1] == {
+        "id": save,
+        "label": "Ten more",
+        "kind": "coupon",
+        "amount": {"amount": 1800, "currency": "BRL"},
+    }
     assert amount(cart["discount_total"]) == 2000 + 1800
     assert amount(cart["total"]) == 20_000 - 3800 + amount(cart["tax"])
     assert amount(cart["lines"][0]["line_total"]) == 18_000  # the coupon is a cart discount
@@ -401,8 +478,10 @@ async def test_per_user_coupon_on_a_shopper_cart(http, db, admin, catalog, shopp
 
     await db.execute(
         "INSERT INTO coupon_uses (code, user_id, order_id) VALUES ($1, $2, $3)",
-        once, user_id, f"test-{uuid.uuid4().hex}",
-    )  # fmt: skip
+        once,
+        user_id,
+        f"test-{uuid.uuid4().hex}",
+    )
     # The cart is shown from the coupon's definition (no usage counts on a warm read);
     # applying the code checks the counts, and checkout redeems atomically.
     later = http.get("/v1/cart", headers=auth).json()
@@ -414,8 +493,13 @@ async def test_per_user_coupon_on_a_shopper_cart(http, db, admin, catalog, shopp
 
 # --- garbage ------------------------------------------------------------------------
 
-_GOOD_PROMOTION = {"kind": "percentage", "target": "cart", "value": 100,
-                   "starts_at": NOW + 10 * HOUR, "ends_at": NOW + 11 * HOUR}  # fmt: skip
+_GOOD_PROMOTION = {
+    "kind": "percentage",
+    "target": "cart",
+    "value": 100,
+    "starts_at": NOW + 10 * HOUR,
+    "ends_at": NOW + 11 * HOUR,
+}
 BAD_PROMOTIONS = [
     b"not json",
     b"{",
@@ -494,10 +578,19 @@ async def test_coupon_garbage_changes_nothing(http, db, admin, body):
 
 
 BAD_CART_COUPONS = [
-    b"not json", b"[]", b"null", b"{}", {"code": None}, {"code": 5}, {"code": ""},
-    {"code": "a b"}, {"code": "X" * 65}, {"code": "OK", "extra": 1}, {"code": ["OK"]},
+    b"not json",
+    b"[]",
+    b"null",
+    b"{}",
+    {"code": None},
+    {"code": 5},
+    {"code": ""},
+    {"code": "a b"},
+    {"code": "X" * 65},
+    {"code": "OK", "extra": 1},
+    {"code": ["OK"]},
     {"code": "'; DELETE FROM carts; --"},
-]  # fmt: skip
+]
 
 
 async def test_cart_coupon_garbage_changes_nothing(http, db, admin, catalog):
@@ -518,8 +611,14 @@ async def test_cart_coupon_garbage_changes_nothing(http, db, admin, catalog):
     forged = {"X-Cart-Token": "garbage"}
     assert_problem(http.post("/v1/cart/coupon", json={"code": save}, headers=forged), 400)
     assert_problem(http.delete("/v1/cart/coupon", headers=forged), 400)
-    for params in ({"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"cursor": "!!!"},
-                   {"cursor": "eyJ4IjogMX0"}, {"cursor": "A" * 500}):  # fmt: skip
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "ten"},
+        {"cursor": "!!!"},
+        {"cursor": "eyJ4IjogMX0"},
+        {"cursor": "A" * 500},
+    ):
         for path in ("/v1/admin/promotions", "/v1/admin/coupons"):
             assert_problem(http.get(path, params=params, headers=admin), {400, 422})
 

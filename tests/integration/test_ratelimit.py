@@ -1,4 +1,4 @@
-"""GCRA limits against a real Redis: counts, recovery, atomicity, hashed keys, bounded memory."""
+"""GCRA limits against a real Redis: counts, recovery, atomicity, hashed keys, memory, leases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from serve.ratelimit import Limit, RateLimiter
+from serve.ratelimit import LeasedLimiter, Limit, RateLimiter
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -175,3 +175,15 @@ async def test_keys_expire_within_the_period(limiter, redis):
         return not await redis.exists(limiter.key(short, "u1"))
 
     await eventually(gone, timeout=2.0, interval=0.01)
+
+
+async def test_leased_budgets_keep_the_limit_across_replicas(limiter):
+    limit = new_limit(20, 60)
+    replicas = [LeasedLimiter(limiter, limit, units=6) for _ in range(2)]
+
+    decisions = [await replicas[i % 2].hit("203.0.113.5") for i in range(30)]
+
+    # Leases of 6, the last one only what Redis had left: exactly the limit, no more.
+    assert sum(d.allowed for d in decisions) == 20
+    assert all(d.retry_after_s >= 1 for d in decisions if not d.allowed)
+    assert not (await limiter.peek(limit, "203.0.113.5")).allowed
