@@ -82,10 +82,11 @@ async def run(levels: list[int], seconds: float) -> None:
         shoppers = [await shopper(session) for _ in range(max(levels))]
         print("| concurrency | scenario | req/s | p50 ms | p95 ms | p99 ms | errors |")
         print("|---:|---|---:|---:|---:|---:|---|")
+        psp_http = stripe.AIOHTTPClient()
         psp = stripe.StripeClient(
             get_settings().stripe_api_key.get_secret_value(),
             base_addresses={"api": service_urls().stripe},
-            http_client=stripe.AIOHTTPClient(),
+            http_client=psp_http,
             max_network_retries=0,
         )
         for level in levels:
@@ -137,6 +138,7 @@ async def run(levels: list[int], seconds: float) -> None:
 
                 await asyncio.gather(*[worker(w) for w in range(level)])
                 print(f"| {level} | {scenario} {summary(latencies, seconds)} {errors or 0} |")
+        await psp_http.close_async()
     await integrity(skus)
 
 
