@@ -31,6 +31,8 @@ from serve.schemas import AddItem, ApplyCoupon, CartView, SetQuantity, Sku, mone
 router = APIRouter(tags=["cart"])
 CART_TOKEN = "X-Cart-Token"  # noqa: S105 - a header name
 WHAT = "The cart service"
+# The anonymous caller's cart token (API.md: first cart call answers one).
+CartTokenHeader = Annotated[str | None, Header(max_length=200)]
 
 
 def _discount(d: AppliedDiscount) -> dict[str, Any]:
@@ -163,7 +165,7 @@ async def _render(
 async def get_cart(
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
     shipping_method: Annotated[
         Literal["standard", "express"] | None,
         Query(description="quote shipping with this method (needs `state`)"),
@@ -197,7 +199,7 @@ async def add_item(
     body: AddItem,
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Add a product; quantities of the same SKU add up."""
     rt = await runtime().ready()
@@ -220,7 +222,7 @@ async def set_quantity(
     body: SetQuantity,
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Set a line's quantity; 0 removes it."""
     rt = await runtime().ready()
@@ -234,7 +236,7 @@ async def remove_item(
     sku: Sku,
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Remove a line."""
     rt = await runtime().ready()
@@ -253,7 +255,7 @@ async def apply_coupon(
     body: ApplyCoupon,
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Apply a coupon code (case-insensitive) to the cart; it replaces any earlier one.
 
@@ -286,7 +288,7 @@ async def apply_coupon(
 async def remove_coupon(
     response: Response,
     principal: MaybeUser,
-    x_cart_token: Annotated[str | None, Header(max_length=200)] = None,
+    x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Remove the cart's coupon (a cart without one is left as it is) and answer the cart."""
     rt = await runtime().ready()
