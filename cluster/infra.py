@@ -317,7 +317,16 @@ def _ray_processes(settings: Settings) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
-        if marker in cmdline or f"--gcs-address=127.0.0.1:{settings.ray_port}" in cmdline:
+        ours = marker in cmdline or f"--gcs-address=127.0.0.1:{settings.ray_port}" in cmdline
+        # Ray's client server is started with the node's address (not 127.0.0.1) and no
+        # temp dir in its command line; it outlived `ray stop` before this was matched.
+        args, gcs_port = cmdline.split(), f":{settings.ray_port}"
+        client_server = (
+            "ray.util.client.server" in args
+            and f"--port={settings.ray_client_port}" in args
+            and any(a.startswith("--address=") and a.endswith(gcs_port) for a in args)
+        )
+        if ours or client_server:
             found.append(proc)
     return found
 
