@@ -10,6 +10,7 @@ limits are enforced again, atomically, at checkout).
 No ``from __future__ import annotations``: FastAPI must see real annotations.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -114,6 +115,19 @@ async def _view(rt: Runtime, cart_id: str, token: str | None, header: str | None
     if header is None and token is not None:
         return ShardCart(cart_id, 0, (), 0, None)
     return await actor_call(rt.carts.get(cart_id), WHAT)
+
+
+async def _command(
+    response: Response,
+    principal: Any,
+    x_cart_token: str | None,
+    command: Callable[[Any, str], Awaitable[ShardCart | Rejected]],
+) -> Any:
+    """One command on the caller's cart, answered with the cart priced."""
+    rt = await runtime().ready()
+    cart_id, token = _cart_id(rt, x_cart_token, principal)
+    reply = await actor_call(command(rt.carts, cart_id), WHAT)
+    return await _render(rt, _checked(reply), token, response, principal)
 
 
 async def _render(
@@ -225,10 +239,12 @@ async def set_quantity(
     x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Set a line's quantity; 0 removes it."""
-    rt = await runtime().ready()
-    cart_id, token = _cart_id(rt, x_cart_token, principal)
-    reply = await actor_call(rt.carts.set_quantity(cart_id, sku, body.quantity), WHAT)
-    return await _render(rt, _checked(reply), token, response, principal)
+    return await _command(
+        response,
+        principal,
+        x_cart_token,
+        lambda carts, cart: carts.set_quantity(cart, sku, body.quantity),
+    )
 
 
 @router.delete("/v1/cart/items/{sku}", response_model=CartView, openapi_extra=PUBLIC)
@@ -239,10 +255,9 @@ async def remove_item(
     x_cart_token: CartTokenHeader = None,
 ) -> Any:
     """Remove a line."""
-    rt = await runtime().ready()
-    cart_id, token = _cart_id(rt, x_cart_token, principal)
-    reply = await actor_call(rt.carts.remove_item(cart_id, sku), WHAT)
-    return await _render(rt, _checked(reply), token, response, principal)
+    return await _command(
+        response, principal, x_cart_token, lambda carts, cart: carts.remove_item(cart, sku)
+    )
 
 
 @router.post(
