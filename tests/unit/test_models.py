@@ -1,0 +1,156 @@
+"""The shipped ONNX models (no training library needed) and the saga's fraud port around them."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from cluster.adapters.order_ports import FraudAdapter
+from cluster.seed import demo_products
+from serve.models import cli
+from serve.models.evaluation import pr_auc, roc_auc
+from serve.models.scoring import FraudModel, RecommenderModel, compose
+
+NOW_S = 1_764_000_000 + 15 * 3600  # 12:00 local
+
+
+@pytest.fixture(scope="module")
+def fraud():
+    return FraudModel()
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return RecommenderModel()
+
+
+def facts(**kw):
+    base = {
+        "total": 12_990 + 2_500,
+        "units": 1,
+        "max_units_one_sku": 1,
+        "n_lines": 1,
+        "country": "BR",
+        "account_age_s": 30,
+        "orders_last_hour": 0,
+        "tokens_30d": 0,
+        "hour": 15,
+    }
+    return {**base, **kw}
+
+
+def test_metrics_match_hand_computed_values():
+    y = np.array([0, 0, 1, 1])
+    assert roc_auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert roc_auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert pr_auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert pr_auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_held_out_metrics_meet_the_targets(capsys):
+    """`agora models evaluate --json`: the shipped models on shoppers training never saw."""
+    assert cli.main(["evaluate", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["fraud"]["roc_auc"] >= 0.95
+    assert report["fraud"]["pr_auc"] >= 0.6
+    rec = report["recommender"]
+    assert rec["recall_at_10"] >= 1.5 * rec["popularity_recall_at_10"] > 0
+
+
+def test_the_risky_order_is_blocked_and_a_normal_one_passes(fraud):
+    top = max(p["price_minor"] for p in demo_products(2400))
+    for hour in range(24):
+        risky, normal = fraud.score(
+            [
+                facts(total=40 * top, units=40, max_units_one_sku=40, country="US", hour=hour),
+                facts(hour=hour),
+            ]
+        )
+        assert risky.decision in ("review", "block") and risky.score > 0.5
+        assert normal.decision == "pass"
+    card = fraud.card
+    assert 0 < card["thresholds"]["review"] <= card["thresholds"]["block"] < 1
+
+
+def test_recommendations_never_include_excluded_items_and_anonymous_gets_popular(rec):
+    popular = rec.recommend([{}], [[]], 10)[0]
+    assert len(popular) == 10 == len(set(popular))
+    again = rec.recommend([{}], [popular[:3]], 10)[0]
+    assert not set(again) & set(popular[:3]) and again[:7] == popular[3:10]
+    cart = [popular[0], rec.skus[100]]
+    mine = rec.recommend([compose({rec.skus[5]: 3.0}, cart)], [cart], 20)[0]
+    assert len(mine) == 20 and not set(mine) & set(cart)
+    assert mine != popular[:20]  # the history changes the answer
+
+
+def test_similar_items_share_sessions(rec):
+    sku = rec.skus[0]
+    similar = rec.recommend([{sku: 1.0}], [[sku]], 10)[0]
+    assert sku not in similar and len(similar) == 10
+    # the graph's own TopK: ask for the whole catalog minus one
+    everything = rec.recommend([{sku: 1.0}], [[sku]], len(rec.skus))[0]
+    assert len(everything) == len(rec.skus) - 1
+
+
+class _Conn:
+    async def fetchval(self, sql, *args):
+        return NOW_S - 30
+
+    async def fetchrow(self, sql, *args):
+        return {"hour": 0, "tokens": 0}
+
+
+class _Pool:
+    def acquire(self):
+        class _Ctx:
+            async def __aenter__(self):
+                return _Conn()
+
+            async def __aexit__(self, *exc):
+                return False
+
+        return _Ctx()
+
+
+async def _open_pool():
+    return _Pool()
+
+
+def adapter(model, budget_ms=30):
+    return FraudAdapter(_open_pool, lambda: NOW_S * 1000, 50, 80, model=model, budget_ms=budget_ms)
+
+
+async def test_the_port_uses_the_model_when_it_answers_in_time(fraud):
+    async def model(raw):
+        v = fraud.score([raw])[0]
+        return {"score": v.score, "decision": v.decision, "version": fraud.version}
+
+    a = adapter(model)
+    top = max(p["price_minor"] for p in demo_products(2400))
+    risky = await a.screen("o1", "u1", 40 * top, (40,), "US")
+    assert risky.decision == "block" and risky.reasons[0] == f"model:{fraud.version}"
+    normal = await a.screen("o2", "u1", 15_490, (1,), "BR")
+    assert normal.decision == "pass" and a.model_answers == 2 and a.fallbacks == 0
+
+
+async def test_the_port_falls_back_to_the_rules_on_timeout_or_error():
+    async def slow(raw):
+        await asyncio.sleep(0.3)
+        return {"score": 0.0, "decision": "pass"}
+
+    async def broken(raw):
+        raise RuntimeError("replica died")
+
+    # Rules: total over R$ 20,000 (+50) and abroad (+30) -> block at 80.
+    a = adapter(slow, budget_ms=20)
+    cold = await a.screen("o0", "u1", 2_500_000, (1,), "US")  # first call: the cold budget
+    assert cold.decision == "pass" and a.model_answers == 1
+    for model in (slow, broken):
+        if model is broken:
+            a = adapter(model, budget_ms=20)
+        screening = await a.screen("o1", "u1", 2_500_000, (1,), "US")
+        assert screening.decision == "block" and "model-unavailable" in screening.reasons
+        assert a.fallbacks == 1
+    a = adapter(broken)
+    assert (await a.screen("o2", "u1", 10_000, (1,), "BR")).decision == "pass"
