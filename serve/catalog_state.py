@@ -11,7 +11,13 @@ Held per replica (one copy per process):
     the next read takes the new facts;
   * available units per SKU: the last ``inventory.changed`` event of the
     inventory shard that owns the SKU; before the first event, the
-    written-behind ``inventory`` row read at start-up or on the cold miss.
+    written-behind ``inventory`` row read at start-up or on the cold miss;
+  * the search index (``serve.search.index``) over every product that is not
+    retired, with the signals it sorts by (created, rating, units sold):
+    built at start-up; every ``product.created/updated/deleted/reviewed``
+    event re-reads that one product in the background and replaces (or
+    removes) it, so an edit is searchable within the event's delivery time;
+    the lag is in ``/metrics`` (``agora_search_index_lag_seconds``).
 
 Usage counts of coupons are not held: the cart shows a coupon as applicable
 from its definition; applying a code reads the counts, and checkout redeems
@@ -22,30 +28,105 @@ state (spine v2)").
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 from actors.cart.model import CartView
 from actors.pricing.engine import Coupon, Destination, Line, Quote, Rejected, quote
-from cluster.adapters import pricing_store
+from cluster.adapters import catalog_search, pricing_store
+from cluster.adapters.catalog_search import Signals
 from cluster.adapters.pricing_store import DEFAULT_WEIGHT_G, ProductFacts, Tables
-from streams.events import INVENTORY_CHANGED, PRICING_CHANGED, PRODUCT_UPDATED, Envelope
+from serve.search.index import Doc, SearchIndex
+from streams.events import (
+    INVENTORY_CHANGED,
+    PRICING_CHANGED,
+    PRODUCT_CREATED,
+    PRODUCT_DELETED,
+    PRODUCT_REVIEWED,
+    PRODUCT_UPDATED,
+    SEARCH_REINDEX_REQUESTED,
+    Envelope,
+)
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 300.0
 MISSING_TTL_S = 2.0
+RESYNC_DELAY_S = 1.0
 TOPIC_EVENTS = (PRICING_CHANGED, PRODUCT_UPDATED, INVENTORY_CHANGED)
+PRODUCT_EVENTS = frozenset(
+    e.name for e in (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_DELETED, PRODUCT_REVIEWED)
+)
+
+INDEX_LAG = Gauge(
+    "agora_search_index_lag_seconds",
+    "Time from a product event's occurrence to its change being searchable on this replica",
+)
+INDEX_UPDATES = Counter(
+    "agora_search_index_updates_total", "Products re-read into this replica's search index"
+)
+INDEX_REBUILDS = Counter(
+    "agora_search_index_rebuilds_total", "Full index rebuilds on request (agora search reindex)"
+)
+INDEX_DOCUMENTS = Gauge("agora_search_index_documents", "Products in this replica's search index")
+
+
+def _occurred_s(event: Envelope) -> float | None:
+    """The event's ``occurred_at`` (``YYYY-MM-DDTHH:MM:SS.mmmZ``) in epoch seconds."""
+    try:
+        whole = calendar.timegm(time.strptime(event.occurred_at[:19], "%Y-%m-%dT%H:%M:%S"))
+        return whole + int(event.occurred_at[20:23]) / 1000
+    except (ValueError, IndexError):
+        return None
+
+
+def search_doc(facts: ProductFacts, signals: Signals | None) -> Doc:
+    """The index's view of a product."""
+    attributes = facts.attributes if isinstance(facts.attributes, dict) else {}
+    return Doc(
+        sku=facts.sku,
+        name=facts.name,
+        description=facts.description,
+        category=facts.category,
+        price_minor=facts.price_minor,
+        attributes=attributes,
+        created=signals.created if signals else 0.0,
+        rating=signals.rating if signals else 0.0,
+        rating_count=signals.rating_count if signals else 0,
+        popularity=signals.popularity if signals else 0.0,
+    )
+
+
+def _build_index(docs: list[Doc]) -> SearchIndex:
+    index = SearchIndex(capacity=max(1024, len(docs)))
+    index.build(docs)
+    return index
 
 
 class CatalogState:
     """The replica's in-memory catalog and pricing; ``db`` is an asyncpg pool."""
 
-    def __init__(self, db: Any, store: Any = pricing_store, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        db: Any,
+        store: Any = pricing_store,
+        clock: Any = time.time,
+        search_store: Any = catalog_search,
+    ) -> None:
         self.db = db
         self.store = store  # the loading port: ``cluster.adapters.pricing_store``
+        self.search_store = search_store  # ``cluster.adapters.catalog_search``
+        self.index = SearchIndex()
+        self.index_generation = 0
+        self.retired: set[str] = set()
+        self._product_loads: dict[str, int] = {}
+        self._touched: set[str] | None = None  # SKUs re-read while a rebuild runs
+        self._resync_pending = False
         self.clock = clock
         self.tables = Tables()
         self.coupons: dict[str, Coupon] = {}
@@ -74,10 +155,76 @@ class CatalogState:
         self.products.update(load.products)
         for sku, units in load.available.items():
             self.available.setdefault(sku, units)  # an event seen meanwhile is newer
+        await self.rebuild_index()
         self.loaded = True
         self.pricing_loads += 1
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def rebuild_index(self) -> int:
+        """Index every held product that is not retired (start-up, reindex); returns the count."""
+        try:
+            signals = await self.search_store.load_signals(self.db)
+        except Exception as exc:  # text search still works; sorts by signals wait for a resync
+            log.warning("search signals load failed: %s", exc)
+            signals = {}
+        retired = {sku for sku, s in signals.items() if s.retired}
+        docs = [
+            search_doc(facts, signals.get(sku))
+            for sku, facts in self.products.items()
+            if sku not in retired
+        ]
+        # Built off the loop (pure Python, so it shares the GIL, but requests interleave).
+        self._touched = set()
+        try:
+            index = await asyncio.get_running_loop().run_in_executor(None, _build_index, docs)
+        finally:
+            touched, self._touched = self._touched, None
+        self.index, self.retired = index, retired
+        for sku in touched:  # changed while the new index was built from the older snapshot
+            self._background(self._refresh_quietly(sku, None))
+        self.index_generation += 1  # response caches key on (generation, index.version)
+        INDEX_DOCUMENTS.set(len(index))
+        return len(index)
+
+    async def refresh_product(self, sku: str, occurred_s: float | None = None) -> None:
+        """Re-read one product and its signals into the catalog and the index.
+
+        Overlapping refreshes of one SKU: only the last one started applies
+        (it read the newest row), so the order loads finish in does not matter.
+        """
+        ticket = self._product_loads.get(sku, 0) + 1
+        self._product_loads[sku] = ticket
+        found = await self.store.load_product(self.db, sku)
+        signals = (await self.search_store.load_signals(self.db, [sku])).get(sku)
+        if self._product_loads.get(sku) != ticket:
+            return
+        del self._product_loads[sku]
+        if self._touched is not None:
+            self._touched.add(sku)
+        if found is None or signals is None or signals.retired:
+            self.products.pop(sku, None)
+            self.index.remove(sku)
+            if found is not None:
+                self.retired.add(sku)
+        else:
+            facts, units = found
+            self.products[sku] = facts
+            self.available.setdefault(sku, units)
+            self.retired.discard(sku)
+            self.index.upsert(search_doc(facts, signals))
+        self._missing.pop(sku, None)
+        INDEX_UPDATES.inc()
+        INDEX_DOCUMENTS.set(len(self.index))
+        if occurred_s is not None:
+            INDEX_LAG.set(max(0.0, time.time() - occurred_s))
+
+    async def _refresh_quietly(self, sku: str, occurred_s: float | None) -> None:
+        try:
+            await self.refresh_product(sku, occurred_s)
+        except Exception as exc:  # the next event, gap or reindex brings it back
+            self._product_loads.pop(sku, None)
+            log.warning("product refresh of %s failed: %s", sku, exc)
 
     async def reload_pricing(self) -> None:
         """Reload tables and coupons; calls that overlap share one load started after them."""
@@ -120,20 +267,57 @@ class CatalogState:
             available = event.payload.get("available")
             if isinstance(available, int):
                 self.available[event.key] = available
-        elif event.type == PRODUCT_UPDATED.name:
-            self.products.pop(event.key, None)
+        elif event.type in PRODUCT_EVENTS:
+            # The page's next read takes the new facts (a cold miss); the index follows
+            # once the background re-read lands.
+            if event.type != PRODUCT_REVIEWED.name:
+                self.products.pop(event.key, None)
             self._missing.pop(event.key, None)
+            self._background(self._refresh_quietly(event.key, _occurred_s(event)))
         elif event.type == PRICING_CHANGED.name:
             self._background(self._reload_quietly())
+        elif event.type == SEARCH_REINDEX_REQUESTED.name:
+            self._background(self._resync_now())
 
     def on_gap(self) -> None:
-        """Events may have been missed: reload pricing (stock self-corrects on its next event)."""
+        """Events may have been missed: reload pricing and products, rebuild the index
+        (stock self-corrects on its next event)."""
         self._background(self._reload_quietly())
+        if not self._resync_pending:
+            self._resync_pending = True
+            self._background(self._resync_quietly())
+
+    async def resync_products(self) -> int:
+        """Re-read every product and rebuild the index (after a gap, or a reindex request)."""
+        load = await self.store.load_catalog(self.db, self._now())
+        self.products.update(load.products)
+        return await self.rebuild_index()
+
+    async def _resync_now(self) -> None:
+        try:
+            count = await self.resync_products()
+            INDEX_REBUILDS.inc()
+            log.info("search index rebuilt on request: %d products", count)
+        except Exception as exc:
+            log.warning("requested reindex failed: %s", exc)
+
+    async def _resync_quietly(self) -> None:
+        await asyncio.sleep(RESYNC_DELAY_S)  # a reconnect storm's gaps share one resync
+        self._resync_pending = False
+        try:
+            await self.resync_products()
+        except Exception as exc:
+            log.warning("product resync failed: %s", exc)
 
     # --- reads -----------------------------------------------------------------------
 
     async def product(self, sku: str) -> tuple[ProductFacts, int] | None:
-        """A product and its available units: from memory; a cold miss reads it once."""
+        """A product and its available units: from memory; a cold miss reads it once.
+
+        A retired product is None (it cannot be shown or added; orders keep their copy).
+        """
+        if sku in self.retired:
+            return None
         facts = self.products.get(sku)
         if facts is not None:
             return facts, self.available.get(sku, 0)
@@ -233,4 +417,5 @@ class CatalogState:
             "promotions": len(self.tables.promotions),
             "pricing_loads": self.pricing_loads,
             "events": self.events,
+            "indexed": len(self.index),
         }

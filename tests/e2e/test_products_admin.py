@@ -1,0 +1,124 @@
+"""Product admin over HTTP: validation, authz, events, and every replica following within 1 s."""
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from tests.e2e.problems import assert_problem
+from tests.e2e.shoppers import auth, new_admin, new_shopper
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def admin(http):
+    return new_admin(http)
+
+
+def _new_sku() -> str:
+    return f"ADM-{uuid.uuid4().hex[:10].upper()}"
+
+
+def _body(sku: str, word: str) -> dict:
+    return {
+        "sku": sku,
+        "name": f"Quokka {word} Trail Lantern",
+        "description": "A lantern for the trail, made for tests.",
+        "category": "sports",
+        "price": {"amount": 12_990, "currency": "BRL"},
+        "attributes": {"brand": "Quokka", "colour": "olive", "waterproof": True},
+    }
+
+
+def _search(http, q: str) -> list[str]:
+    reply = http.get("/v1/products", params={"q": q})
+    assert reply.status_code == 200, reply.text
+    return [p["sku"] for p in reply.json()["items"]]
+
+
+async def _within(check, seconds: float = 1.0) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, "not visible in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_create_change_and_retire_are_followed_by_search_and_pages(http, admin):
+    sku, word, new_word = _new_sku(), f"zk{uuid.uuid4().hex[:8]}", f"zm{uuid.uuid4().hex[:8]}"
+    created = http.post("/v1/admin/products", json=_body(sku, word), headers=admin)
+    assert created.status_code == 201, created.text
+    product = created.json()
+    assert product["sku"] == sku and product["price"] == {"amount": 12_990, "currency": "BRL"}
+    await _within(lambda: _search(http, word) == [sku])
+    await _within(lambda: http.get(f"/v1/products/{sku}").status_code == 200)
+
+    again = http.post("/v1/admin/products", json=_body(sku, word), headers=admin)
+    assert_problem(again, 409)
+
+    changed = http.patch(
+        f"/v1/admin/products/{sku}",
+        json={"name": f"Quokka {new_word} Lantern", "price": {"amount": 9_990, "currency": "BRL"}},
+        headers=admin,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["price"]["amount"] == 9_990
+    await _within(lambda: _search(http, new_word) == [sku] and _search(http, word) == [])
+    await _within(lambda: http.get(f"/v1/products/{sku}").json()["price"]["amount"] == 9_990)
+    for _ in range(6):  # requests spread over the replicas: each one followed
+        assert _search(http, new_word) == [sku]
+
+    retired = http.delete(f"/v1/admin/products/{sku}", headers=admin)
+    assert retired.status_code == 204
+    await _within(lambda: _search(http, new_word) == [])
+    await _within(lambda: http.get(f"/v1/products/{sku}").status_code == 404)
+    assert_problem(http.delete(f"/v1/admin/products/{sku}", headers=admin), 404)
+    assert_problem(http.patch(f"/v1/admin/products/{sku}", json={"name": "x"}, headers=admin), 404)
+
+
+def test_admin_product_routes_need_an_operator(http):
+    shopper = auth(new_shopper(http))
+    sku = _new_sku()
+    for headers, status in (({}, 401), (shopper, 403)):
+        assert_problem(
+            http.post("/v1/admin/products", json=_body(sku, "x"), headers=headers), status
+        )
+        assert_problem(
+            http.patch("/v1/admin/products/ELE-000001", json={"name": "x"}, headers=headers), status
+        )
+        assert_problem(http.delete("/v1/admin/products/ELE-000001", headers=headers), status)
+    assert http.get("/v1/products/ELE-000001").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sku": "lower-case"},
+        {"sku": "A" * 40},
+        {"price": {"amount": 0, "currency": "BRL"}},
+        {"price": {"amount": 10.5, "currency": "BRL"}},
+        {"price": {"amount": 100, "currency": "USD"}},
+        {"price": 100},
+        {"category": "Not A Slug"},
+        {"attributes": {"Bad Key": 1}},
+        {"attributes": {"nested": {"a": 1}}},
+        {"attributes": {"long": "x" * 300}},
+        {"name": ""},
+        {"name": "x" * 500},
+        {"unknown": 1},
+    ],
+)
+def test_bad_product_bodies_are_422_and_change_nothing(http, admin, change):
+    body = {**_body(_new_sku(), "bad"), **change}
+    assert_problem(http.post("/v1/admin/products", json=body, headers=admin), 422)
+    if "sku" not in change:
+        assert http.get(f"/v1/products/{body['sku']}").status_code == 404
+
+
+def test_bad_patches_are_422(http, admin):
+    for change in ({"price": {"amount": -1}}, {"category": "UPPER"}, {"sku": "X-1"}):
+        reply = http.patch("/v1/admin/products/ELE-000001", json=change, headers=admin)
+        assert_problem(reply, 422)
+    assert_problem(http.patch("/v1/admin/products/no%20such", json={}, headers=admin), 422)
