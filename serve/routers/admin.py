@@ -6,6 +6,9 @@ Promotions and coupons are validated by the pricing engine
 (``actors.pricing.validate_promotion`` / ``validate_coupon``), which lists every
 bad field; this layer adds RFC 3339 timestamps (epoch seconds are accepted too)
 and length limits on the free-text fields.
+
+Every change records who acted: an ``admin.action`` event for the audit log
+(``serve.routers.audit.record_admin_action``).
 """
 
 import asyncio
@@ -27,6 +30,7 @@ from cluster.adapters import pricing_store
 from serve.auth.principal import ADMIN, Admin
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call
+from serve.routers.audit import record_admin_action
 from serve.runtime import runtime
 from serve.schemas import Input, Sku
 from streams.events import PRICING_CHANGED, make_event
@@ -73,17 +77,22 @@ async def get_stock(sku: Sku, _admin: Admin) -> Any:
 
 
 @router.put("/v1/admin/inventory/{sku}", response_model=Stock, openapi_extra=ADMIN)
-async def set_stock(sku: Sku, body: SetStock, _admin: Admin) -> Any:
+async def set_stock(sku: Sku, body: SetStock, admin: Admin) -> Any:
     """Set on-hand stock; refused (409) below what is reserved."""
-    await runtime().ready()
-    return await _stock(_inventory().set_on_hand(sku, body.on_hand))
+    rt = await runtime().ready()
+    stock = await _stock(_inventory().set_on_hand(sku, body.on_hand))
+    await record_admin_action(rt, admin, "inventory.set", sku, {"on_hand": body.on_hand})
+    return stock
 
 
 @router.post("/v1/admin/inventory/{sku}/adjust", response_model=Stock, openapi_extra=ADMIN)
-async def adjust_stock(sku: Sku, body: AdjustStock, _admin: Admin) -> Any:
+async def adjust_stock(sku: Sku, body: AdjustStock, admin: Admin) -> Any:
     """Add (positive delta) or remove stock with a reason; never below what is reserved."""
-    await runtime().ready()
-    return await _stock(_inventory().adjust(sku, body.delta, body.reason))
+    rt = await runtime().ready()
+    stock = await _stock(_inventory().adjust(sku, body.delta, body.reason))
+    details = {"delta": body.delta, "reason": body.reason, "on_hand": stock["on_hand"]}
+    await record_admin_action(rt, admin, "inventory.adjust", sku, details)
+    return stock
 
 
 # --- promotions and coupons -------------------------------------------------------
@@ -244,7 +253,7 @@ _COUPON_EXAMPLE = {
     },
 )
 async def create_promotion(
-    body: Annotated[dict[str, Any], Body(examples=[_PROMOTION_EXAMPLE])], _admin: Admin
+    body: Annotated[dict[str, Any], Body(examples=[_PROMOTION_EXAMPLE])], admin: Admin
 ) -> Any:
     """Create an automatic promotion (applies to matching cart lines inside its window).
 
@@ -268,6 +277,7 @@ async def create_promotion(
         )
         if created_at is not None:
             await _pricing_changed(rt, conn, "promotion", promotion.id)
+            await record_admin_action(rt, admin, "promotion.create", promotion.id, doc, conn)
     if created_at is None:
         raise Problem(409, "promotion-exists", f"A promotion with id {promotion.id!r} exists.")
     await _reload_pricing(rt)
@@ -318,7 +328,7 @@ async def list_promotions(_admin: Admin, limit: Limit = 50, cursor: Cursor = Non
     },
 )
 async def create_coupon(
-    body: Annotated[dict[str, Any], Body(examples=[_COUPON_EXAMPLE])], _admin: Admin
+    body: Annotated[dict[str, Any], Body(examples=[_COUPON_EXAMPLE])], admin: Admin
 ) -> Any:
     """Create a coupon code shoppers apply to their cart (one coupon per cart).
 
@@ -342,6 +352,7 @@ async def create_coupon(
         )
         if created_at is not None:
             await _pricing_changed(rt, conn, "coupon", coupon.code)
+            await record_admin_action(rt, admin, "coupon.create", coupon.code, doc, conn)
     if created_at is None:
         raise Problem(409, "coupon-exists", f"A coupon with code {coupon.code!r} exists.")
     await _reload_pricing(rt)

@@ -1,0 +1,1 @@
+"""Consumers of the domain events: notifications (email), audit log."""
