@@ -2,24 +2,30 @@
 
 Body size limit; no control characters in the path, the query or a header
 (PostgreSQL refuses NUL, and nothing else needs them); the per-client-IP API
-rate limit; a server-side deadline (``request_deadline_s``: a request still
-unanswered then gets a 503 problem with Retry-After, so a stalled dependency
-never holds clients forever); request metrics.
+rate limit; security headers on every response (``security_headers``); a
+server-side deadline (``request_deadline_s``: a request still unanswered then
+gets a 503 problem with Retry-After, so a stalled dependency never holds
+clients forever); request metrics.
 
 No ``from __future__ import annotations``: kept like the routers for uniformity.
 """
 
 import asyncio
+import functools
+import ipaddress
+import logging
 import re
 import time
+import uuid
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from prometheus_client import Counter, Histogram
+from ray.serve.context import _get_serve_request_context
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from serve import problems
+from serve import logs, problems
 from serve.ratelimit import LeasedLimiter, Limit, client_ip, lease_units, trusted_networks
 from serve.runtime import runtime
 
@@ -32,13 +38,90 @@ LATENCY = Histogram(
 )
 
 
+@functools.lru_cache(maxsize=4)
+def _networks(specs: tuple[str, ...]) -> frozenset[Any]:
+    return trusted_networks(specs)
+
+
 def request_ip(request: Request) -> str:
     """The client address: the direct peer, or the trusted proxy header from a trusted peer."""
     s = runtime().settings
     host = request.client.host if request.client else None
     return client_ip(
-        host, request.headers, s.trusted_proxy_header, trusted_networks(s.trusted_proxies)
+        host, request.headers, s.trusted_proxy_header, _networks(tuple(s.trusted_proxies))
     )
+
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def _over_tls(scope: dict[str, Any]) -> bool:
+    """HTTPS to us: TLS on this hop, or X-Forwarded-Proto https from a trusted proxy."""
+    if scope.get("scheme") == "https":
+        return True
+    peer = (scope.get("client") or ("",))[0]
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    if not any(address in n for n in _networks(tuple(runtime().settings.trusted_proxies))):
+        return False
+    for key, value in scope.get("headers", []):
+        if key == b"x-forwarded-proto":
+            return bool(value.strip().lower() == b"https")
+    return False
+
+
+def security_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """Headers every response carries; HSTS only over TLS (or with AGORA_FORCE_HSTS)."""
+    headers = list(SECURITY_HEADERS)
+    s = runtime().settings
+    if s.force_hsts or _over_tls(scope):
+        value = f"max-age={s.hsts_max_age_s}; includeSubDomains"
+        headers.append((b"strict-transport-security", value.encode()))
+    return headers
+
+
+ACCESS = logging.getLogger("agora.access")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def serve_request_id() -> str:
+    """The id Ray Serve gave this request ("" outside a replica); Serve echoes it itself."""
+    try:
+        return str(_get_serve_request_context().request_id or "")
+    except Exception:
+        return ""
+
+
+def request_id(scope: dict[str, Any]) -> str:
+    """The client's X-Request-ID when it is a plain token, else a new one."""
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return uuid.uuid4().hex
+
+
+def _with_security_headers(scope: dict[str, Any], send: Any, rid: str | None) -> Any:
+    """``send`` that adds the security headers (and X-Request-ID) a response does not set."""
+    extra = security_headers(scope)
+    if rid is not None:
+        extra.append((b"x-request-id", rid.encode()))
+
+    async def send_secured(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            present = {key.lower() for key, _ in message.get("headers", [])}
+            added = [(k, v) for k, v in extra if k not in present]
+            if added:
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+        await send(message)
+
+    return send_secured
 
 
 MAX_BODY = 64 * 1024
@@ -63,11 +146,19 @@ class Guard:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        logs.install()
+        ACCESS.setLevel(logging.INFO if runtime().settings.access_log else logging.WARNING)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Under Serve, Serve's request id (the client's X-Request-ID when it sent one),
+        # which Serve puts on the response itself; elsewhere our own.
+        serve_rid = serve_request_id()
+        rid = serve_rid or request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        send = _with_security_headers(scope, send, None if serve_rid else rid)
         for key, value in scope.get("headers", []):
             if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
                 response = problems.problem_response(
@@ -143,8 +234,28 @@ class Guard:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
+            took = time.perf_counter() - start
             REQUESTS.labels(scope["method"], path, str(status)).inc()
-            LATENCY.labels(path).observe(time.perf_counter() - start)
+            LATENCY.labels(path).observe(took)
+            if ACCESS.isEnabledFor(logging.INFO):
+                _access_log(scope, rid, path, status, took)
+
+
+def _access_log(scope: dict[str, Any], rid: str, route: str, status: int, took: float) -> None:
+    """One structured line per request (serve.logs renders and redacts it)."""
+    state = scope.get("state", {})
+    ACCESS.info(
+        "request",
+        extra={
+            "request_id": rid,
+            "method": scope["method"],
+            "route": route,
+            "status": status,
+            "ms": round(took * 1000, 2),
+            "client": state.get("client_ip") or request_ip(Request(scope)),
+            "user": state.get("user_id"),
+        },
+    )
 
 
 def _forget(work: "asyncio.Future[None]") -> None:
@@ -175,7 +286,9 @@ async def _within_api_limit(scope: dict[str, Any]) -> bool:
         except Exception:
             return True
     try:
-        decision = await _api_limiter(rt.limiter, rt.settings).hit(request_ip(Request(scope)))
+        ip = request_ip(Request(scope))
+        scope.setdefault("state", {})["client_ip"] = ip
+        decision = await _api_limiter(rt.limiter, rt.settings).hit(ip)
     except Exception:
         return True
     scope.setdefault("state", {})["retry_after"] = decision.retry_after_s
