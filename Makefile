@@ -7,7 +7,7 @@ UV := $(if $(UV_BIN),$(UV_BIN),$(PY) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run stop status test check lint typecheck bench deps system-deps uv
+.PHONY: run stop status test check lint typecheck security coverage bench deps system-deps uv
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --user uv \
@@ -22,7 +22,12 @@ $(BIN)/agora: pyproject.toml uv.lock | uv
 	$(UV) sync --frozen --quiet
 	@touch $@
 
-deps: $(BIN)/agora system-deps
+deps: $(BIN)/agora system-deps ledger/node_modules/.installed
+
+# The ledger's node tools (solc-js, anvil), pinned by ledger/package-lock.json.
+ledger/node_modules/.installed: ledger/package.json ledger/package-lock.json
+	npm ci --prefix ledger --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # HAProxy is Ray Serve's fast ingress here (see docs/PERFORMANCE.md); optional.
 system-deps:
@@ -51,7 +56,17 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
-check: lint typecheck test
+# Bandit at medium severity and confidence (ruff's S rules check every level; skips
+# and their reasons in pyproject.toml [tool.bandit]).
+security: deps
+	$(BIN)/bandit -q -c pyproject.toml -r actors serve streams ledger cluster -ll -ii
+
+# The unit tier with coverage; fails under the floor in pyproject.toml [tool.coverage.report].
+coverage: deps
+	$(BIN)/pytest -q -p no:warnings tests/unit --cov=actors --cov=streams --cov=ledger \
+		--cov=serve --cov=cluster --cov-report=term:skip-covered --cov-report=xml:var/coverage.xml
+
+check: lint typecheck security coverage test
 
 bench: deps
 	$(BIN)/python -m loadtests.bench

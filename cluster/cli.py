@@ -1,4 +1,4 @@
-"""The ``agora`` command line: up, down, status, migrate, admin, keys.
+"""The ``agora`` command line: up, down, status, migrate, admin, audit, keys.
 
 The Serve application is deployed by its import path (``SERVE_APP``), as
 ``serve run serve.app:app`` or a Serve config file would, so the cluster layer
@@ -23,17 +23,27 @@ from urllib.parse import urlsplit, urlunsplit
 
 from actors.clients import ShardOps
 from actors.session.passwords import PasswordHasher, check_password, normalise_email
-from cluster import db, infra, rayenv
+from cluster import db, infra, rayenv, supervisor
 from cluster.adapters import signing_keys
+from cluster.adapters.smtp import SmtpSender
+from cluster.adapters.webhook_delivery import HttpPoster
 from cluster.bootstrap import shard_directory
+from cluster.search_reindex import reindex
 from cluster.seed import seed_catalog
 from cluster.services import ensure_cart_token_secret, service_urls
 from cluster.settings import Settings, get_settings
-from streams.events import uuid7
+from ledger.actor import LedgerConfig, get_or_create_ledger
+from ledger.chain import ANVIL_DEV_KEY
+from streams.consumers import audit
+from streams.consumers.host import HostConfig, get_or_create_consumer
+from streams.consumers.notifications import NotificationsConfig, get_or_create_notifications
+from streams.consumers.webhooks import WebhooksConfig, get_or_create_webhooks
+from streams.events import ORDER_CONFIRMED, topic_for, uuid7
 from streams.outbox import RelayConfig, get_or_create_relay, relay_actor_name
 
 SHARD_KINDS = ("cart", "session", "inventory", "order")
 SERVE_APP = "serve.app:app"
+MODELS_CLI = "serve.models.cli"
 
 
 def _say(message: str) -> None:
@@ -84,6 +94,7 @@ def _wait_ready(settings: Settings, timeout: float) -> None:
 def up(settings: Settings) -> None:
     started = time.monotonic()
     urls = infra.start_services(settings)
+    supervisor.start_supervisor(settings)
     ensure_cart_token_secret(settings)
     _say("services: " + ", ".join(f"{k}={_redact(v)}" for k, v in urls.items()))
     applied, seeded = asyncio.run(_migrate_and_seed(urls["database"], settings.seed_products))
@@ -121,6 +132,40 @@ def relay_config(settings: Settings, urls: dict[str, str]) -> RelayConfig:
     )
 
 
+def ledger_config(settings: Settings, urls: dict[str, str]) -> LedgerConfig | None:
+    """The ledger's config; None when a chain node is set without a key to sign with."""
+    chain = urls.get("chain") or settings.chain_rpc_url
+    if settings.chain_private_key is not None:
+        key = settings.chain_private_key.get_secret_value()
+    elif settings.chain_rpc_url is None:
+        key = ANVIL_DEV_KEY  # only for the embedded anvil: a public, well-known dev key
+    else:
+        key = ""
+    if not chain or not key:
+        return None
+    return LedgerConfig(
+        database_url=urls["database"],
+        pulsar_url=urls["pulsar"],
+        orders_topic=topic_for(
+            ORDER_CONFIRMED.name, settings.events_tenant, settings.events_namespace
+        ),
+        rpc_url=chain,
+        private_key=key,
+        confirmations=settings.chain_confirmations,
+        batch_size=settings.ledger_batch_size,
+        batch_interval_s=settings.ledger_batch_interval_s,
+    )
+
+
+def start_ledger(settings: Settings, urls: dict[str, str]) -> None:
+    """The ledger actor (get-or-create); it never blocks ``up`` on the chain."""
+    config = ledger_config(settings, urls)
+    if config is None:
+        _say("ledger: not started (AGORA_CHAIN_RPC_URL is set without AGORA_CHAIN_PRIVATE_KEY)")
+        return
+    get_or_create_ledger(settings.ray_namespace, config)
+
+
 def deploy(settings: Settings, urls: dict[str, str]) -> None:
     """Create the shard actors and the outbox relay, then deploy the Serve application."""
     import ray
@@ -130,8 +175,74 @@ def deploy(settings: Settings, urls: dict[str, str]) -> None:
     asyncio.run(asyncio.wait_for(ops.ping_all(SHARD_KINDS), 120))
     relay = get_or_create_relay(settings.ray_namespace, relay_config(settings, urls))
     ray.get(relay.health.remote(), timeout=60)
+    start_consumers(settings, urls)
+    start_ledger(settings, urls)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(application(), name="agora", route_prefix="/")
+
+
+def notifications_config(settings: Settings, urls: dict[str, str]) -> NotificationsConfig:
+    return NotificationsConfig(
+        database_url=urls["database"],
+        pulsar_url=urls["pulsar"],
+        mail_from=settings.mail_from,
+        tenant=settings.events_tenant,
+        namespace=settings.events_namespace,
+        default_locale=settings.mail_default_locale,
+        retry_max_s=settings.mail_retry_max_s,
+    )
+
+
+def start_consumers(settings: Settings, urls: dict[str, str]) -> None:
+    """The events consumers (issue 11): detached actors, created like the outbox relay."""
+    import ray
+
+    smtp = urls.get("smtp")
+    if smtp and settings.notifications_consumers:
+        config = notifications_config(settings, urls)
+        hosts = [
+            get_or_create_notifications(settings.ray_namespace, config, SmtpSender(smtp), i)
+            for i in range(settings.notifications_consumers)
+        ]
+        ray.get([host.health.remote() for host in hosts], timeout=60)
+    host = HostConfig(database_url=urls["database"], pulsar_url=urls["pulsar"])
+    consumer = audit.AuditConsumer(settings.events_tenant, settings.events_namespace)
+    ray.get(get_or_create_consumer(settings.ray_namespace, host, consumer).health.remote())
+    hooks = WebhooksConfig(
+        database_url=urls["database"],
+        pulsar_url=urls["pulsar"],
+        tenant=settings.events_tenant,
+        namespace=settings.events_namespace,
+        max_backoff_s=settings.webhooks_max_backoff_s,
+        give_up_after_s=settings.webhooks_give_up_after_s,
+    )
+    poster = HttpPoster(allow_private=settings.webhooks_allow_private)
+    ray.get(get_or_create_webhooks(settings.ray_namespace, hooks, poster).health.remote())
+
+
+def audit_verify(settings: Settings, expect_seq: int | None, expect_hash: str | None) -> int:
+    """Walk the audit chain; 0 when intact, 1 at the first edited, deleted or inserted record."""
+
+    async def run() -> audit.Verdict:
+        conn = await db.connect(service_urls(settings).database)
+        try:
+            expected = None
+            if expect_seq is not None and expect_hash:
+                expected = audit.Appended(expect_seq, expect_hash)
+            return await audit.verify(conn, expected)
+        finally:
+            await conn.close()
+
+    started = time.monotonic()
+    verdict = asyncio.run(run())
+    took = time.monotonic() - started
+    head = f"head {verdict.head.seq} {verdict.head.hash}" if verdict.head else "empty"
+    if verdict.ok:
+        _say(f"audit log intact: {verdict.records} records, {head} ({took:.2f}s)")
+        return 0
+    _say(f"audit log BROKEN at record {verdict.bad_seq}: {verdict.problem}")
+    _say(f"  {verdict.records} records verified before it ({took:.2f}s)")
+    return 1
 
 
 def down(settings: Settings) -> None:
@@ -167,7 +278,8 @@ def status(settings: Settings) -> int:
     report: dict[str, Any] = {
         "services": {
             name: {"pids": p, "alive": all(infra.alive(x) for x in p)} for name, p in pids.items()
-        }
+        },
+        "supervisor": supervisor.read_status(settings),
     }
     if not infra.ray_running(settings):
         report["ray"] = "not running"
@@ -279,10 +391,26 @@ def main(argv: list[str] | None = None) -> int:
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     create.add_argument("--name", default="Operator")
+    audit_parser = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    verify_parser = audit_parser.add_parser(
+        "verify", help="check the hash chain; exit 1 on an edited or deleted record"
+    )
+    verify_parser.add_argument("--expect-seq", type=int, help="an anchored head's seq")
+    verify_parser.add_argument("--expect-hash", help="an anchored head's hash")
     keys_parser = sub.add_parser("keys", help="token signing keys").add_subparsers(
         dest="keys_command", required=True
     )
     keys_parser.add_parser("rotate", help="add a new signing key; the old one keeps verifying")
+    search_parser = sub.add_parser("search", help="catalog search").add_subparsers(
+        dest="search_command", required=True
+    )
+    search_parser.add_parser("reindex", help="every API replica rebuilds its search index")
+    models = sub.add_parser(
+        "models", help="train / evaluate the ONNX models (agora models --help)", add_help=False
+    )
+    models.add_argument("models_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     settings = get_settings()
     rayenv.apply()
@@ -296,8 +424,15 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     elif args.command == "admin":
         admin_create(settings, args.email, args.password_stdin, args.name)
+    elif args.command == "audit":
+        return audit_verify(settings, args.expect_seq, args.expect_hash)
     elif args.command == "keys":
         keys_rotate(settings)
+    elif args.command == "search":
+        return reindex(settings)
+    elif args.command == "models":
+        # By name: the models' command line lives in serve (cluster never imports serve).
+        return int(importlib.import_module(MODELS_CLI).main(args.models_args))
     return 0
 
 

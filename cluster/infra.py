@@ -8,7 +8,9 @@ recorded, by pid.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -17,13 +19,15 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
 
+from cluster import haproxy_edge
 from cluster.services import pix_webhook_secret_file
-from cluster.settings import Settings
+from cluster.settings import ROOT, Settings
 
 
 def _pids_file(settings: Settings) -> Path:
@@ -35,16 +39,47 @@ def read_pids(settings: Settings) -> dict[str, list[int]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@contextmanager
+def _run_files_locked(settings: Settings) -> Iterator[None]:
+    """One writer at a time for pids.json and the supervision files (CLI and supervisor)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.run_dir / ".pids.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
 def _record(settings: Settings, name: str, pids: list[int]) -> None:
-    data = read_pids(settings)
-    data[name] = pids
-    _pids_file(settings).write_text(json.dumps(data, indent=2))
+    """Remember ``name``'s pids; a service recorded here is supervised (see SUPERVISED)."""
+    starter = _calling_starter()
+    with _run_files_locked(settings):
+        data = read_pids(settings)
+        data[name] = pids
+        _write_json(_pids_file(settings), data)
+        held = read_held(settings)
+        if name in held:
+            held.remove(name)
+            _write_json(_held_file(settings), sorted(held))
+        if starter is not None:
+            starters = read_starters(settings)
+            if starters.get(name) != starter:
+                starters[name] = starter
+                _write_json(_starters_file(settings), starters)
 
 
 def _forget(settings: Settings, name: str) -> None:
-    data = read_pids(settings)
-    data.pop(name, None)
-    _pids_file(settings).write_text(json.dumps(data, indent=2))
+    with _run_files_locked(settings):
+        data = read_pids(settings)
+        data.pop(name, None)
+        _write_json(_pids_file(settings), data)
 
 
 def alive(pid: int) -> bool:
@@ -53,6 +88,26 @@ def alive(pid: int) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:port now (TIME_WAIT left by a crash is fine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _same_port_or_free(port_file: Path, start: int, end: int) -> int:
+    """The port a service had before (a restart keeps its URL valid), else a free one."""
+    with suppress(OSError, ValueError):
+        previous = int(port_file.read_text().strip())
+        if _port_free(previous):
+            return previous
+    return _free_port(start, end)
 
 
 def _free_port(start: int, end: int) -> int:
@@ -115,6 +170,8 @@ def start_postgres(settings: Settings) -> str:
 
 def stop_postgres(settings: Settings, pids: list[int]) -> None:
     # SIGINT is PostgreSQL's "fast" shutdown: sessions end, data is checkpointed.
+    # Stopped on purpose: the supervisor leaves it down until start_postgres runs again.
+    hold(settings, "postgres")
     _terminate(pids, signal.SIGINT, timeout=30)
 
 
@@ -143,6 +200,9 @@ def start_redis(settings: Settings) -> str:
         "--pidfile": str(pidfile),
         "--logfile": str(settings.log_dir / "redis.log"),
     }
+    # A crashed server leaves both behind: wait for the new server's own.
+    pidfile.unlink(missing_ok=True)
+    sock.unlink(missing_ok=True)
     subprocess.run([str(binary), *_flags(options)], check=True)
     deadline = time.monotonic() + 10
     while not (pidfile.exists() and sock.exists()):
@@ -165,7 +225,7 @@ def start_pulsar(settings: Settings) -> str:
     known = read_pids(settings).get("pulsar", [])
     if known and all(alive(p) for p in known) and port_file.exists():
         return f"pulsar://127.0.0.1:{port_file.read_text().strip()}"
-    port = _free_port(6650, 6700)
+    port = _same_port_or_free(port_file, 6650, 6700)
     # pulsar-lite opens a metrics endpoint on 0.0.0.0:8080 unless told not to.
     config = data_dir / "pulsar-lite.toml"
     config.write_text("[metrics]\nenabled = false\n")
@@ -209,7 +269,7 @@ def _start_http_daemon(
     known = read_pids(settings).get(name, [])
     if known and all(alive(p) for p in known) and port_file.exists():
         return f"http://127.0.0.1:{port_file.read_text().strip()}"
-    port = _free_port(*ports)
+    port = _same_port_or_free(port_file, *ports)
     with open(settings.log_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", *command, "--port", str(port)],
@@ -273,13 +333,146 @@ def start_pix_sandbox(settings: Settings) -> str:
     )
 
 
+# --- SMTP (aiosmtpd, mail into a Maildir) -------------------------------------
+
+
+def mail_dir(settings: Settings) -> Path:
+    """Where the embedded SMTP server delivers: a Maildir (``new/`` holds one file a mail)."""
+    return settings.var_dir / "mail"
+
+
+def start_smtp(settings: Settings) -> str:
+    """aiosmtpd on 127.0.0.1, delivering every message into ``var/mail`` (a Maildir).
+
+    The port is kept in ``var/smtp/port`` and reused on a restart, so the URL in
+    ``services.json`` stays right when the server is stopped and started again.
+    """
+    data_dir = settings.var_dir / "smtp"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_file = data_dir / "port"
+    known = read_pids(settings).get("smtp", [])
+    if known and all(alive(p) for p in known) and port_file.exists():
+        return f"smtp://127.0.0.1:{port_file.read_text().strip()}"
+    port = 0
+    if port_file.exists():
+        # The same port again (aiosmtpd binds with SO_REUSEADDR): running actors hold the URL.
+        with suppress(ValueError):
+            port = int(port_file.read_text().strip())
+    port = port or _free_port(8025, 8075)
+    for sub in ("new", "cur", "tmp"):  # a Maildir aiosmtpd can write into and mutt can open
+        (mail_dir(settings) / sub).mkdir(parents=True, exist_ok=True)
+    with open(settings.log_dir / "smtp.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"127.0.0.1:{port}",
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                str(mail_dir(settings)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=data_dir,
+            start_new_session=True,
+        )
+    try:
+        _wait_tcp("127.0.0.1", port, 15)
+        time.sleep(0.2)  # another process on the port answers too: ours must still be alive
+        if proc.poll() is not None:
+            raise TimeoutError(f"port {port} is taken")
+    except TimeoutError as exc:
+        _terminate([proc.pid])
+        raise TimeoutError("embedded SMTP did not start; see var/log/smtp.log") from exc
+    port_file.write_text(str(port))
+    _record(settings, "smtp", [proc.pid])
+    return f"smtp://127.0.0.1:{port}"
+
+
+def stop_smtp(settings: Settings) -> bool:
+    """Stop the embedded SMTP server (by its recorded pid); False when none was recorded."""
+    pids = read_pids(settings).get("smtp")
+    if not pids:
+        return False
+    hold(settings, "smtp")  # stopped on purpose: the supervisor leaves it down
+    _terminate(pids)
+    _forget(settings, "smtp")
+    return True
+
+
+# --- anvil (the ledger's local EVM chain, npm @foundry-rs/anvil) ---------------
+
+
+def anvil_binary() -> Path:
+    """anvil from ledger/node_modules (``make deps`` runs ``npm ci --prefix ledger``)."""
+    modules = ROOT / "ledger" / "node_modules" / "@foundry-rs"
+    for candidate in sorted(modules.glob("anvil-*/bin/anvil")):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError("anvil is not installed: run `make deps` (npm ci --prefix ledger)")
+
+
+def start_anvil(settings: Settings) -> str:
+    """anvil on 127.0.0.1:8545 (or the next free port), chain state kept in var/anvil.
+
+    The state is written every second and on a clean stop, and loaded on start, so
+    the deployed AnchorRegistry and every anchored root survive a restart.
+    """
+    data_dir = settings.var_dir / "anvil"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_file = data_dir / "port"
+    known = read_pids(settings).get("anvil", [])
+    if known and all(alive(p) for p in known) and port_file.exists():
+        return f"http://127.0.0.1:{port_file.read_text().strip()}"
+    port = _same_port_or_free(port_file, 8545, 8595)
+    options = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--state": str(data_dir / "state.json"),
+        "--state-interval": "1",
+    }
+    with open(settings.log_dir / "anvil.log", "ab") as log:
+        proc = subprocess.Popen(
+            [str(anvil_binary()), *_flags(options), "--quiet"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=data_dir,
+            start_new_session=True,
+        )
+    try:
+        _wait_tcp("127.0.0.1", port, 20)
+    except TimeoutError as exc:
+        _terminate([proc.pid])
+        raise TimeoutError("embedded anvil did not start; see var/log/anvil.log") from exc
+    port_file.write_text(str(port))
+    _record(settings, "anvil", [proc.pid])
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_anvil(settings: Settings) -> bool:
+    """Stop the embedded anvil on purpose (it writes its state); False when none runs."""
+    pids = read_pids(settings).get("anvil")
+    if not pids:
+        return False
+    hold(settings, "anvil")
+    _terminate(pids, signal.SIGTERM, timeout=10)
+    _forget(settings, "anvil")
+    return True
+
+
 # --- Ray head ----------------------------------------------------------------
 
 
 def ray_temp_dir(settings: Settings) -> Path:
     # Unix socket paths are limited to ~107 bytes: keep Ray's tree short.
     digest = hashlib.sha256(str(settings.var_dir.resolve()).encode()).hexdigest()[:8]
-    return Path("/tmp") / f"agora-ray-{digest}"  # noqa: S108 - short, per-checkout name
+    # A short, per-checkout name in /tmp (ruff S108, bandit B108 reviewed).
+    return Path("/tmp") / f"agora-ray-{digest}"  # noqa: S108  # nosec B108
 
 
 def ray_token_path(settings: Settings) -> Path:
@@ -298,10 +491,29 @@ def ray_env(settings: Settings) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     }
+    if settings.ray_loopback_only:
+        # Ray resolves a loopback --node-ip-address to the machine's address unless
+        # "clusters" are off (its Windows/macOS switch); then every Ray server binds
+        # 127.0.0.1. A second `ray start --address` needs this set back to 1.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if settings.haproxy and Path(haproxy_binary()).exists():
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = haproxy_binary()
+        # Through cluster/haproxy_edge.py: side ports on loopback, X-Forwarded-For set.
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(haproxy_shim(settings))
+        env[haproxy_edge.HAPROXY_ENV] = haproxy_binary()
+        env[haproxy_edge.BIND_HOST_ENV] = settings.haproxy_side_bind_host
     return env
+
+
+def haproxy_shim(settings: Settings) -> Path:
+    """The executable Ray starts as HAProxy: runs cluster/haproxy_edge.py with its arguments."""
+    shim = settings.run_dir / "haproxy"
+    text = f'#!/bin/sh\nexec "{sys.executable}" "{haproxy_edge.__file__}" "$@"\n'
+    if not shim.exists() or shim.read_text() != text:
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text(text)
+        shim.chmod(0o755)
+    return shim
 
 
 def haproxy_binary() -> str:
@@ -393,6 +605,8 @@ def start_services(settings: Settings) -> dict[str, str]:
         "pulsar": settings.pulsar_url or start_pulsar(settings),
         "stripe": settings.stripe_api_base or start_localstripe(settings),
         "pix": settings.pix_api_base or start_pix_sandbox(settings),
+        "smtp": settings.smtp_url or start_smtp(settings),
+        "chain": settings.chain_rpc_url or start_anvil(settings),
     }
     (settings.run_dir / "services.json").write_text(json.dumps(urls, indent=2))
     return urls
@@ -401,11 +615,17 @@ def start_services(settings: Settings) -> dict[str, str]:
 def stop_all(settings: Settings) -> list[str]:
     """Stop Ray and every embedded service this checkout started; returns what was stopped."""
     stopped = []
+    # The supervisor first, or it would restart what is being stopped.
+    supervisor = read_pids(settings).get(SUPERVISOR)
+    if supervisor:
+        _terminate(supervisor)
+        _forget(settings, SUPERVISOR)
+        stopped.append(SUPERVISOR)
     if read_pids(settings).get("ray") or _ray_processes(settings):
         stop_ray(settings)
         stopped.append("ray")
     pids = read_pids(settings)
-    for name in ("pix", "localstripe", "pulsar", "redis", "postgres"):
+    for name in ("anvil", "smtp", "pix", "localstripe", "pulsar", "redis", "postgres"):
         if name not in pids:
             continue
         if name == "postgres":
@@ -417,3 +637,94 @@ def stop_all(settings: Settings) -> list[str]:
     services = settings.run_dir / "services.json"
     services.unlink(missing_ok=True)
     return stopped
+
+
+# --- supervision registry ----------------------------------------------------
+#
+# The contract (cluster/supervisor.py, started by ``agora up``, restarts what died):
+# a service is supervised when its ``start_<x>(settings) -> url`` function
+#   1. records the pids it started with ``_record(settings, NAME, pids)`` (NAME is
+#      its key in pids.json); the supervisor watches those pids;
+#   2. can be called again after a crash, with ``settings`` only, and then starts a
+#      new process on the SAME address (data under var/, same unix socket, or the
+#      port kept in var/<name>/port via ``_same_port_or_free``) so that
+#      services.json and every client's URL stay valid;
+#   3. returns at once if the recorded pids are alive (idempotent).
+# Nothing else is needed: ``_record`` notes which module-level ``start_*`` function
+# recorded NAME (var/run/starters.json), and the supervisor calls that function.
+# List a service in SUPERVISED only to override what ``_record`` finds. A stop on
+# purpose (not a crash) calls ``hold(settings, NAME)`` so the supervisor leaves it
+# down until its start function records it again. Ray is not here: Ray restarts
+# its own actors, and its head is not a service of this list.
+
+SUPERVISOR = "supervisor"
+NOT_SUPERVISED = frozenset({"ray", SUPERVISOR})
+
+SUPERVISED: dict[str, Callable[[Settings], str]] = {
+    "postgres": start_postgres,
+    "redis": start_redis,
+    "pulsar": start_pulsar,
+    "localstripe": start_localstripe,
+    "pix": start_pix_sandbox,
+}
+
+
+def _starters_file(settings: Settings) -> Path:
+    return settings.run_dir / "starters.json"
+
+
+def _held_file(settings: Settings) -> Path:
+    return settings.run_dir / "held.json"
+
+
+def read_starters(settings: Settings) -> dict[str, str]:
+    path = _starters_file(settings)
+    with suppress(OSError, ValueError):
+        return dict(json.loads(path.read_text()))
+    return {}
+
+
+def read_held(settings: Settings) -> set[str]:
+    path = _held_file(settings)
+    with suppress(OSError, ValueError):
+        return set(json.loads(path.read_text()))
+    return set()
+
+
+def hold(settings: Settings, name: str) -> None:
+    """``name`` is stopped on purpose: the supervisor does not restart it."""
+    with _run_files_locked(settings):
+        held = read_held(settings) | {name}
+        _write_json(_held_file(settings), sorted(held))
+
+
+def _calling_starter() -> str | None:
+    """The innermost module-level ``start_*(settings)`` function of this module on the stack."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_name
+        if frame.f_globals.get("__name__") == __name__ and _is_starter(name):
+            return name
+        frame = frame.f_back
+    return None
+
+
+def _is_starter(name: str) -> bool:
+    function = globals().get(name)
+    if not (name.startswith("start_") and callable(function)) or name == "start_services":
+        return False
+    required = [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.default is inspect.Parameter.empty
+    ]
+    return len(required) == 1
+
+
+def supervised(settings: Settings) -> dict[str, Callable[[Settings], str]]:
+    """Service name -> the function that (re)starts it on its recorded address."""
+    found: dict[str, Callable[[Settings], str]] = {}
+    for name, function_name in read_starters(settings).items():
+        if name not in NOT_SUPERVISED and _is_starter(function_name):
+            found[name] = globals()[function_name]
+    return {**found, **SUPERVISED}

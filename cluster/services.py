@@ -21,6 +21,10 @@ class ServiceUrls:
     pulsar: str
     stripe: str
     pix: str
+    # Older services.json files (from before the embedded SMTP) have no ``smtp``.
+    smtp: str | None = None
+    # The ledger's EVM JSON-RPC node (issue 8); older services.json files have none.
+    chain: str | None = None
 
 
 class ServicesNotRunning(RuntimeError):
@@ -50,7 +54,9 @@ def service_urls(settings: Settings | None = None) -> ServiceUrls:
         if not url:
             raise ServicesNotRunning(f"{name}: set {variable} or run `agora up`")
         urls[name] = url
-    return ServiceUrls(**urls)
+    smtp = settings.smtp_url or recorded.get("smtp")
+    chain = settings.chain_rpc_url or recorded.get("chain")
+    return ServiceUrls(**urls, smtp=smtp, chain=chain)
 
 
 def cart_token_secret(settings: Settings | None = None) -> bytes:

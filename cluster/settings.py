@@ -99,8 +99,10 @@ class Settings(BaseSettings):
     api_lease_max_units: int = 50
     api_lease_s: float = 1.0
     # The client IP comes only from this header, and only when the direct peer
-    # is one of trusted_proxies (CIDRs). Unset: the direct peer address.
-    trusted_proxy_header: str | None = None
+    # is one of trusted_proxies (CIDRs). Unset: the direct peer address. The
+    # default ingress (Ray's HAProxy via cluster/haproxy_edge.py) sets it to the
+    # TCP peer, replacing what a client sent.
+    trusted_proxy_header: str | None = "X-Forwarded-For"
     trusted_proxies: list[str] = ["127.0.0.1/32", "::1/128"]
 
     # Outbox relay
@@ -111,6 +113,56 @@ class Settings(BaseSettings):
 
     # Demo data
     seed_products: int = Field(default=2400, ge=0)
+
+    # Events consumers (issue 11): notifications, password reset, audit, webhooks.
+    # SMTP: smtp://[user:pass@]host:port (smtps:// for implicit TLS); unset: the
+    # embedded aiosmtpd delivering into var/mail (a Maildir).
+    smtp_url: str | None = None
+    mail_from: str = "Agora <no-reply@agora.example>"
+    mail_default_locale: str = "pt-BR"  # a user's preferences.locale wins (pt-BR or en)
+    mail_retry_max_s: float = 300.0  # backoff cap between tries of one unsent mail
+    public_base_url: str = "http://127.0.0.1:8000"  # links in mails (password reset)
+    password_reset_ttl_s: int = 1800
+    notifications_consumers: int = Field(default=1, ge=0)  # 0: no notifications actor
+    # Webhooks: allow URLs on private/loopback addresses (SSRF guard off; local receivers).
+    webhooks_allow_private: bool = False
+    webhooks_max_backoff_s: float = 3600.0
+    webhooks_give_up_after_s: float = 86_400.0  # then the delivery is dead-lettered
+
+    # Operations (issue 12): HAProxy's stats (8404) and Prometheus (9101) ports
+    # listen here; set 0.0.0.0 only to scrape them from another machine.
+    haproxy_side_bind_host: str = "127.0.0.1"
+    # One-machine run: Ray's node IP is 127.0.0.1 so every Ray port listens on
+    # loopback (Ray otherwise swaps 127.0.0.1 for the machine's address and binds
+    # 0.0.0.0). A Ray cluster spanning machines sets it false on every node.
+    ray_loopback_only: bool = True
+    # HSTS is sent when the API is reached over TLS (or this is set).
+    hsts_max_age_s: int = 31_536_000
+    force_hsts: bool = False
+    # One JSON access line per request (serve/logs.py; ~35 us each); false: none.
+    access_log: bool = True
+
+    # Ledger (issue 8): anchor confirmed orders' hashes on an EVM chain. chain_rpc_url
+    # unset: the embedded anvil (var/anvil), with anvil's first dev key when
+    # chain_private_key is unset too (that default is refused for any other node).
+    chain_rpc_url: str | None = None
+    chain_private_key: SecretStr | None = None
+    chain_confirmations: int = Field(default=0, ge=0)
+    ledger_batch_size: int = Field(default=256, ge=1, le=65_536)
+    ledger_batch_interval_s: float = Field(default=2.0, ge=0)
+
+    # Models (issue 9): the FraudScorer and Recommender Serve deployments. The saga
+    # waits fraud_model_budget_ms for the model, then screens with the rules.
+    models_enabled: bool = True
+    fraud_model_budget_ms: int = Field(default=30, ge=1, le=10_000)
+    model_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime intra-op, per replica
+    model_batch_max: int = Field(default=64, ge=1, le=1024)
+    model_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    model_min_replicas: int = Field(default=1, ge=0)
+    model_max_replicas: int = Field(default=2, ge=1)
+    model_target_ongoing: int = Field(default=8, ge=1)  # Serve autoscaling target per replica
+    models_dir: str | None = None  # another artifacts directory (default: the shipped models)
+    recommend_recent_s: int = Field(default=3600, ge=60)  # views that count as "recent"
 
     @property
     def run_dir(self) -> Path:

@@ -14,13 +14,20 @@ from ray import serve
 from cluster.settings import get_settings
 from serve import problems
 from serve.middleware import Guard
+from serve.models.deployments import model_deployments
 from serve.routers.admin import router as admin_router
+from serve.routers.admin_products import router as admin_products_router
+from serve.routers.audit import router as audit_router
 from serve.routers.auth import router as auth_router
 from serve.routers.cart import router as cart_router
 from serve.routers.catalog import router as catalog_router
 from serve.routers.checkout import router as checkout_router
 from serve.routers.health import router as health_router
 from serve.routers.orders import router as orders_router
+from serve.routers.password import router as password_router
+from serve.routers.recommend import router as recommend_router
+from serve.routers.reviews import router as reviews_router
+from serve.routers.webhooks_admin import router as webhooks_admin_router
 from serve.runtime import runtime
 
 api = FastAPI(
@@ -37,7 +44,13 @@ for router in (
     checkout_router,
     orders_router,
     auth_router,
+    password_router,
     admin_router,
+    audit_router,
+    webhooks_admin_router,
+    recommend_router,
+    reviews_router,
+    admin_products_router,
 ):
     api.include_router(router)
 
@@ -52,15 +65,19 @@ for router in (
 class Api:
     """The HTTP ingress deployment; its routes are the routers above."""
 
-    def __init__(self) -> None:
+    def __init__(self, *models: Any) -> None:
+        # ``models``: the FraudScorer and Recommender handles, bound so that they
+        # deploy with the API; callers reach them by name (serve.models.deployments).
         self.rt = runtime()
+        self.models = models
 
 
 def build_app(num_replicas: int | None = None) -> Any:
-    """The Serve application (one ``Api`` deployment)."""
+    """The Serve application: ``Api``, and the ``FraudScorer`` and ``Recommender`` models."""
     settings = get_settings()
     deployment: Any = Api
-    return deployment.options(num_replicas=num_replicas or settings.api_replicas).bind()
+    models = model_deployments(settings) if settings.models_enabled else ()
+    return deployment.options(num_replicas=num_replicas or settings.api_replicas).bind(*models)
 
 
 app = build_app

@@ -84,6 +84,19 @@ CART_COUPON_REMOVED = _declare("cart.coupon_removed", 1, "carts")
 CART_ABSORBED = _declare("cart.absorbed", 1, "carts")
 PRICING_CHANGED = _declare("pricing.changed", 1, "pricing")
 PRODUCT_UPDATED = _declare("product.updated", 1, "catalog")
+# Catalog search and admin (issue 10): every product change, and a review that moves a rating.
+PRODUCT_CREATED = _declare("product.created", 1, "catalog")
+PRODUCT_DELETED = _declare("product.deleted", 1, "catalog")
+PRODUCT_REVIEWED = _declare("product.reviewed", 1, "catalog")
+# `agora search reindex`: every API replica re-reads the catalog and rebuilds its index.
+SEARCH_REINDEX_REQUESTED = _declare("search.reindex_requested", 1, "catalog")
+
+# Events consumers (issue 11). ``auth.password_changed`` {user_id, reason: "reset"};
+# ``order.awaiting_payment`` is the order payload (a Pix order waiting to be paid);
+# ``admin.action`` {actor, action, target, details}: an operator did something (audit).
+AUTH_PASSWORD_CHANGED = _declare("auth.password_changed", 1, "auth")
+ORDER_AWAITING_PAYMENT = _declare("order.awaiting_payment", 1, "orders")
+ADMIN_ACTION = _declare("admin.action", 1, "admin")
 
 
 def topic_for(event_type: str, tenant: str = "agora", namespace: str = "events") -> str:

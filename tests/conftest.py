@@ -16,6 +16,9 @@ import pytest
 from cluster import infra
 from cluster.settings import get_settings
 
+# Webhook delivery tests post to a receiver on loopback; production refuses private URLs.
+os.environ.setdefault("AGORA_WEBHOOKS_ALLOW_PRIVATE", "1")
+
 # Ray reads its auth settings when first imported; test modules import ray.
 infra.ensure_dirs(get_settings())
 os.environ.update(infra.ray_env(get_settings()))

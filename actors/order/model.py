@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from streams.events import (
+    ORDER_AWAITING_PAYMENT,
     ORDER_CANCELLED,
     ORDER_CONFIRMED,
     ORDER_CREATED,
@@ -257,7 +258,7 @@ class Order:
         """Stock is held; the order waits for the Pix payment (or its expiry)."""
         self.payment = {"method": "pix", "status": "pending", "payment_id": pix["txid"], "pix": pix}
         self._to("awaiting_payment", "awaiting", now_ms, "waiting for the Pix payment")
-        return []
+        return [self._event(ORDER_AWAITING_PAYMENT, now_ms)]
 
     def charged(self, payment: dict[str, Any], now_ms: int) -> list[Envelope]:
         self.payment = payment
@@ -277,7 +278,10 @@ class Order:
 
     def confirmed(self, now_ms: int) -> list[Envelope]:
         self._to("confirmed", "done", now_ms, "order confirmed")
-        return [self._event(ORDER_CONFIRMED, now_ms)]
+        # The ledger's leaf names the total with its currency and the payment (issue 8).
+        payment_id = (self.payment or {}).get("payment_id")
+        currency = self.totals.get("currency", "BRL")
+        return [self._event(ORDER_CONFIRMED, now_ms, currency=currency, payment_id=payment_id)]
 
     def failed(self, code: str, detail: str, now_ms: int, **extra: Any) -> list[Envelope]:
         self.failure = {"code": code, "detail": detail, **extra}

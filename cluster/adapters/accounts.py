@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from actors.writebehind import insert_outbox
+from cluster.adapters import reviews
 from streams.events import Envelope
 
 
@@ -185,3 +186,4 @@ async def erase_user(conn: Any, user_id: str) -> None:
         user_id,
     )
     await conn.execute("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
+    await reviews.anonymise_author(conn, user_id)  # stars and text stay, the author goes

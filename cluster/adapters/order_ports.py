@@ -10,7 +10,8 @@
   and the shopper's own uses are under the coupon's limits (a conditional
   ``UPDATE`` takes the coupon's row lock, so concurrent checkouts of one coupon
   serialize here), idempotent per order.
-- ``FraudAdapter``: facts from PostgreSQL, scored by ``actors.fraud.rules.screen``.
+- ``FraudAdapter``: facts from PostgreSQL, scored by the ``FraudScorer`` model
+  deployment within ``fraud_model_budget_ms``, else by ``actors.fraud.rules.screen``.
 - ``PaymentsAdapter``: card charges (``StripeCardGateway``) and Pix
   (``PixGateway``); an outcome not yet known raises, so the saga retries.
 
@@ -21,6 +22,7 @@ once, on first use); nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,7 +51,14 @@ from cluster.adapters import pricing_store
 from cluster.adapters.pix_gateway import PixGateway
 from cluster.adapters.stripe_card import StripeCardGateway
 
+log = logging.getLogger(__name__)
 OpenPool = Callable[[], Awaitable[Any]]
+# The Serve application and the fraud model's deployment (serve.models.deployments).
+SERVE_APP_NAME = "agora"
+FRAUD_DEPLOYMENT = "FraudScorer"
+# Once per shard process, the first model call may take this long: it looks the
+# deployment up and sets up the handle's router; every later call gets the budget.
+COLD_BUDGET_S = 3.0
 Clock = Callable[[], int]
 
 
@@ -272,38 +281,139 @@ class _Refused(Exception):
 # --- fraud ------------------------------------------------------------------------------------
 
 
-class FraudAdapter:
-    """Facts about the shopper from PostgreSQL, scored by the rules."""
+class ServeFraudModel:
+    """The ``FraudScorer`` Serve deployment, reached by name (cluster never imports serve).
 
-    def __init__(self, open_pool: OpenPool, clock: Clock, review_at: int, block_at: int) -> None:
+    The handle is looked up once, off the event loop (the lookup asks Serve's
+    controller); until it is known, and whenever a call fails, the caller falls
+    back to the rules.
+    """
+
+    def __init__(self, app_name: str = SERVE_APP_NAME, deployment: str = FRAUD_DEPLOYMENT) -> None:
+        self.app_name, self.deployment = app_name, deployment
+        self._handle: Any = None
+        self._lookup: asyncio.Future[Any] | None = None
+
+    def _get_handle(self) -> Any:
+        from ray import serve
+
+        return serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+
+    async def handle(self) -> Any:
+        if self._handle is not None:
+            return self._handle
+        if self._lookup is None or self._lookup.done():
+            self._lookup = asyncio.get_running_loop().run_in_executor(None, self._get_handle)
+        self._handle = await asyncio.shield(self._lookup)
+        return self._handle
+
+    async def __call__(self, facts: dict[str, Any]) -> dict[str, Any]:
+        handle = await self.handle()
+        try:
+            answer: dict[str, Any] = await handle.score.remote(facts)
+        except Exception:
+            self._handle = None  # look the deployment up again next time
+            raise
+        return answer
+
+
+FraudModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class FraudAdapter:
+    """Facts about the shopper from PostgreSQL, scored by the model, else by the rules.
+
+    With a ``model`` (the ``FraudScorer`` deployment), its decision stands when it
+    answers within ``budget_ms`` (``COLD_BUDGET_S`` for the process's first call);
+    on a timeout or an error the rules decide (``reasons`` then include
+    ``model-unavailable``). The model's score is its
+    fraud probability in percent.
+    """
+
+    def __init__(
+        self,
+        open_pool: OpenPool,
+        clock: Clock,
+        review_at: int,
+        block_at: int,
+        model: FraudModelCall | None = None,
+        budget_ms: int = 30,
+    ) -> None:
         self.open_pool = open_pool
         self.clock = clock
         self.review_at, self.block_at = review_at, block_at
+        self.model = model
+        self.budget_s = budget_ms / 1000
+        self.model_answers = 0
+        self.fallbacks = 0
+        self._cold = True  # the process's first call also finds the deployment
 
-    async def screen(
+    async def facts(
         self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
-    ) -> Screening:
+    ) -> dict[str, Any]:
+        """The raw facts both the model and the rules score (serve.models.features.RAW_SCHEMA)."""
         db = await self.open_pool()
         async with db.acquire() as conn:
             created = await conn.fetchval(
                 "SELECT extract(epoch FROM created_at)::bigint FROM users WHERE user_id = $1",
                 user_id,
             )
-            recent = await conn.fetchval(
-                "SELECT count(*) FROM orders WHERE user_id = $1 AND order_id <> $2"
-                " AND created_at > now() - interval '1 hour'",
+            history = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS hour,"
+                " count(DISTINCT data->'request'->'payment'->>'token') AS tokens"
+                " FROM orders WHERE user_id = $1 AND order_id <> $2"
+                " AND created_at > now() - interval '30 days'",
                 user_id,
                 order_id,
             )
-        facts = FraudFacts(
-            total=total,
-            max_units_one_sku=max(quantities, default=0),
-            units=sum(quantities),
-            country=country,
-            account_age_s=self.clock() // 1000 - int(created or 0),
-            orders_last_hour=int(recent or 0),
+        now_s = self.clock() // 1000
+        return {
+            "total": int(total),
+            "units": int(sum(quantities)),
+            "max_units_one_sku": int(max(quantities, default=0)),
+            "n_lines": len(quantities),
+            "country": country,
+            "account_age_s": max(0, now_s - int(created or 0)),
+            "orders_last_hour": int(history["hour"] or 0) if history else 0,
+            "tokens_30d": int(history["tokens"] or 0) if history else 0,
+            "hour": int(now_s // 3600 % 24),
+        }
+
+    async def screen(
+        self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
+    ) -> Screening:
+        raw = await self.facts(order_id, user_id, total, quantities, country)
+        rules = screen(
+            FraudFacts(
+                total=raw["total"],
+                max_units_one_sku=raw["max_units_one_sku"],
+                units=raw["units"],
+                country=country,
+                account_age_s=raw["account_age_s"],
+                orders_last_hour=raw["orders_last_hour"],
+            ),
+            self.review_at,
+            self.block_at,
         )
-        return screen(facts, self.review_at, self.block_at)
+        if self.model is None:
+            return rules
+        budget = max(self.budget_s, COLD_BUDGET_S) if self._cold else self.budget_s
+        self._cold = False
+        try:
+            verdict = await asyncio.wait_for(self.model(raw), budget)
+            decision = str(verdict["decision"])
+            if decision not in ("pass", "review", "block"):
+                raise ValueError(f"unknown decision {decision!r}")
+            score = round(float(verdict["score"]) * 100)
+        except Exception as exc:
+            self.fallbacks += 1
+            log.warning(
+                "fraud model unavailable (%s); screening with the rules", type(exc).__name__
+            )
+            return Screening(rules.score, rules.decision, (*rules.reasons, "model-unavailable"))
+        self.model_answers += 1
+        version = str(verdict.get("version", ""))
+        return Screening(min(100, max(0, score)), decision, (f"model:{version}", *rules.reasons))
 
 
 # --- payments ----------------------------------------------------------------------------------
@@ -391,7 +501,12 @@ def order_ports(
         ),
         pricing=PricingAdapter(open_pool, clock),
         fraud=FraudAdapter(
-            open_pool, clock, settings.fraud_review_score, settings.fraud_block_score
+            open_pool,
+            clock,
+            settings.fraud_review_score,
+            settings.fraud_block_score,
+            model=ServeFraudModel() if settings.models_enabled else None,
+            budget_ms=settings.fraud_model_budget_ms,
         ),
         payments=PaymentsAdapter(
             open_pool,

@@ -66,7 +66,9 @@ async def optional_principal(request: Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Use 'Authorization: Bearer <access token>'.")
-    return await verify_bearer(token.strip())
+    principal = await verify_bearer(token.strip())
+    request.state.user_id = principal.user_id  # for the access log (serve/logs.py)
+    return principal
 
 
 async def current_user(

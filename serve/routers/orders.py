@@ -12,6 +12,7 @@ from pydantic import Field
 
 from actors.clients import OrderClient
 from actors.messages import Rejected
+from ledger import store as ledger_store
 from serve.auth.principal import ADMIN, SHOPPER, Admin, User
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call, rejected
@@ -150,3 +151,33 @@ async def refund_order(order_id: str, _admin: Admin) -> dict[str, Any]:
 async def review_order(order_id: str, body: Review, _admin: Admin) -> dict[str, Any]:
     """Decide an order held for fraud review: approve runs the rest of the checkout."""
     return await _operate(order_id, body.decision)
+
+
+@router.get(
+    "/v1/orders/{order_id}/proof",
+    openapi_extra=SHOPPER,
+    responses={404: {"description": "no such order, or not anchored yet (anchoring: pending)"}},
+)
+async def order_proof(order_id: str, principal: User) -> dict[str, Any]:
+    """The order's ledger proof: leaf, Merkle path, root, chain, contract, transaction, block.
+
+    Check it with ``python -m ledger.verify PROOF.json --rpc URL`` against any node of
+    that chain. The owner or an admin may read it; anyone else gets the same 404 as
+    for an unknown order.
+    """
+    if not re.fullmatch(r"[0-9a-f-]{36}", order_id):
+        raise Problem(404, "not-found", "No such order.")
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn:
+        owner = await conn.fetchval("SELECT user_id FROM orders WHERE order_id = $1", order_id)
+        if owner is None or (owner != principal.user_id and "admin" not in principal.roles):
+            raise Problem(404, "not-found", "No such order.")
+        proof = await ledger_store.proof_for(conn, ledger_store.ORDER_KIND, order_id)
+    if proof is None or not proof.pop("anchored"):
+        raise Problem(
+            404,
+            "not-found",
+            "The order is not anchored yet; try again shortly.",
+            anchoring="pending",
+        )
+    return proof

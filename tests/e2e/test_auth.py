@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -207,9 +208,7 @@ def _operations(http) -> list[tuple[str, str, dict]]:
 
 
 def _call(http, method: str, path: str, headers: dict | None = None) -> httpx.Response:
-    url = path
-    for name in ("sku", "id", "session_id", "order_id", "gateway", "user_id"):
-        url = url.replace("{" + name + "}", "ELE-000001" if name == "sku" else "x")
+    url = re.sub(r"\{(\w+)\}", lambda m: "ELE-000001" if m[1] == "sku" else "x", path)
     assert "{" not in url, f"fill the path parameter of {path}"
     if method in {"POST", "PUT", "PATCH"}:
         return http.request(method, url, json={}, headers=headers)
