@@ -75,6 +75,18 @@ _DAY0 = END_S // 86_400 - DAYS
 _DAY_CDF = np.cumsum([WEEKDAY_WEIGHTS[(_DAY0 + d + 3) % 7] for d in range(DAYS)])
 
 
+def _basket_quantity(rng: np.random.Generator) -> int:
+    """Units of one SKU in a legitimate basket: mostly 1, sometimes a few (consumables, gifts)."""
+    r = rng.random()
+    if r < 0.70:
+        return 1
+    if r < 0.87:
+        return 2
+    if r < 0.94:
+        return 3
+    return int(rng.integers(4, 7))
+
+
 def _local_time(rng: np.random.Generator, start_s: int, end_s: int) -> int:
     """A timestamp in [start, end) following the weekday and hour-of-day weights."""
     for _ in range(20):
@@ -157,7 +169,7 @@ def simulate(seed: int = SEED, n_users: int = 6000, n_products: int = 2400) -> S
         n_sessions = 1 + int(rng.poisson(4))
         times = sorted(_local_time(rng, max(start_s, created), END_S) for _ in range(n_sessions))
         if fresh:
-            times[0] = created + int(rng.integers(60, 3600))  # first purchase right away
+            times[0] = created + int(rng.integers(10, 3600))  # signs up at checkout
         for ts in times:
             session_no += 1
             c = _pick(rng, affinity)
@@ -176,8 +188,7 @@ def simulate(seed: int = SEED, n_users: int = 6000, n_products: int = 2400) -> S
             if not carted or rng.random() >= ORDER_RATE:
                 continue
             lines: dict[int, int] = {
-                i: (int(rng.integers(8, 21)) if bulk else 1 + int(rng.random() < 0.15))
-                for i in carted
+                i: (int(rng.integers(8, 21)) if bulk else _basket_quantity(rng)) for i in carted
             }
             for i in lines:
                 events.append((uid, session_no, ts + 400, "purchase", i))

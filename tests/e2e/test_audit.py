@@ -12,6 +12,8 @@ import pytest
 
 from tests.e2e.problems import assert_problem
 from tests.e2e.shoppers import auth, new_admin, new_product, new_shopper
+from tests.e2e.test_checkout import body, key
+from tests.e2e.test_order_operations import confirmed_order
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +70,45 @@ async def test_operator_actions_record_who_acted(http, admin, db):
         "/v1/admin/audit", params={"actor": me, "action": "inventory.set"}, headers=admin
     ).json()["items"]
     assert {i["action"] for i in only} == {"inventory.set"}
+
+
+async def test_order_operations_record_the_operator(http, admin, db):
+    me = admin_id(http, admin)
+    _, _, order = await confirmed_order(http, db)
+    path = f"/v1/admin/orders/{order['id']}"
+    shipped = http.post(f"{path}/ship", json={"carrier": "Correios"}, headers=admin)
+    assert shipped.status_code == 200, shipped.text
+    refunded = http.post(f"{path}/refund", headers=admin)
+    assert refunded.status_code == 200, refunded.text
+    # A refused transition (already shipped) records nothing.
+    assert http.post(f"{path}/ship", json={}, headers=admin).status_code == 409
+    shopper = new_shopper(http)
+    sku = await new_product(db, 20, price=5_000)  # held for review by the fraud model
+    http.post("/v1/cart/items", json={"sku": sku, "quantity": 10}, headers=auth(shopper))
+    held = http.post("/v1/checkout", json=body(), headers={**auth(shopper), **key()}).json()
+    reviewed = http.post(
+        f"/v1/admin/orders/{held['id']}/review", json={"decision": "reject"}, headers=admin
+    )
+    assert reviewed.status_code == 200, reviewed.text
+
+    # admin.action events are keyed by the operator: once the review (queued last) is in
+    # the log, so is everything this operator did before it.
+    deadline = time.monotonic() + 60
+    while True:
+        reply = http.get("/v1/admin/audit", params={"actor": me, "limit": 100}, headers=admin)
+        assert reply.status_code == 200, reply.text
+        items = reply.json()["items"]
+        if any(i["target"] == held["id"] for i in items) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert all(i["actor"] == me for i in items)
+    assert [(i["action"], i["details"]) for i in items if i["target"] == held["id"]] == [
+        ("order.review", {"decision": "reject", "status": "failed"})
+    ]
+    assert [(i["action"], i["details"]) for i in items if i["target"] == order["id"]] == [
+        ("order.refund", {"status": "refunded"}),
+        ("order.ship", {"carrier": "Correios", "status": "shipped"}),
+    ]
 
 
 async def test_security_events_are_recorded(http, admin):

@@ -52,8 +52,10 @@ async def test_refund_is_idempotent(http, db, admin):
 
 async def test_fraud_review_holds_then_approval_completes(http, db, admin):
     shopper = new_shopper(http)
-    sku = await new_product(db, 20, price=50_000)
-    http.post("/v1/cart/items", json={"sku": sku, "quantity": 11}, headers=auth(shopper))
+    # Ten units of one SKU on a brand-new account: the fraud model holds it for review
+    # (at every hour; more units or a higher price, it blocks).
+    sku = await new_product(db, 20, price=5_000)
+    http.post("/v1/cart/items", json={"sku": sku, "quantity": 10}, headers=auth(shopper))
     held = http.post("/v1/checkout", json=body(), headers={**auth(shopper), **key()})
     assert held.status_code == 202, held.text
     order = held.json()
@@ -66,13 +68,15 @@ async def test_fraud_review_holds_then_approval_completes(http, db, admin):
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "confirmed"
     row = await db.fetchrow("SELECT on_hand, reserved FROM inventory WHERE sku = $1", sku)
-    assert tuple(row) == (9, 0)
+    assert tuple(row) == (10, 0)
 
 
 async def test_review_reject(http, db, admin):
     shopper = new_shopper(http)
-    sku = await new_product(db, 20, price=50_000)
-    http.post("/v1/cart/items", json={"sku": sku, "quantity": 11}, headers=auth(shopper))
+    # Ten units of one SKU on a brand-new account: the fraud model holds it for review
+    # (at every hour; more units or a higher price, it blocks).
+    sku = await new_product(db, 20, price=5_000)
+    http.post("/v1/cart/items", json={"sku": sku, "quantity": 10}, headers=auth(shopper))
     order = http.post("/v1/checkout", json=body(), headers={**auth(shopper), **key()}).json()
     rejected = http.post(
         f"/v1/admin/orders/{order['id']}/review", json={"decision": "reject"}, headers=admin
