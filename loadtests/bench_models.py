@@ -16,9 +16,15 @@ then the model or the rules): rules only vs with ``FraudScorer`` under the budge
 milliseconds and each Serve figure as a ratio of the raw one. ``--autoscale S``
 then bursts ``Recommender`` with 64 callers for S seconds and prints its running
 replicas every second during the burst and the minute after (Serve autoscaling
-up and back down). Needs a running system (``make run``):
+up and back down). The burst runs first, from an idle system (it waits until
+``Recommender`` is down to its minimum), so the trace shows the rise from one
+replica; ``--csv PATH`` also writes the trace (``t_s,replicas,calls``) and an
+ASCII chart is printed after it. ``--screened MIN`` only counts the orders of
+the last MIN minutes by who screened them (``model:<version>`` in
+``fraud.reasons`` or the rules), to check a checkout benchmark's run. Needs a
+running system (``make run``):
 
-    .venv/bin/python -m loadtests.bench_models [--rounds 200] [--autoscale 30]
+    .venv/bin/python -m loadtests.bench_models [--rounds 200] [--autoscale 30] [--csv PATH]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from cluster import rayenv  # first: Ray reads its environment when it is first imported
@@ -67,10 +74,12 @@ def line(name: str, n: int, samples: list[float], base: list[float] | None) -> s
     return f"{name:<28} n={n:<3} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms{ratio}"
 
 
-async def main(rounds: int, burst_s: float = 0.0) -> None:
+async def main(rounds: int, burst_s: float = 0.0, csv_path: str | None = None) -> None:
     settings = get_settings()
     rayenv.apply()
     connect_ray(settings)
+    if burst_s:
+        await autoscale(burst_s, settings.model_min_replicas, csv_path)
     sim = simulate()
     facts = [
         {k: r[k] for k in FraudModel().card["input"]["raw_facts"]}
@@ -115,8 +124,6 @@ async def main(rounds: int, burst_s: float = 0.0) -> None:
         print(line("recommender raw onnxruntime", n, base, None))
         print(line("recommender serve concurrent", n, await timed(rounds, serve_rec), base))
     await fraud_step(rounds)
-    if burst_s:
-        await autoscale(burst_s)
 
 
 def now_ms() -> int:
@@ -146,11 +153,17 @@ async def fraud_step(rounds: int) -> None:
         await pool.close()
 
 
-async def autoscale(seconds: float) -> None:
+async def autoscale(seconds: float, floor: int, csv_path: str | None, tail_s: float = 75.0) -> None:
     rec = handle(RECOMMENDER)
     skus = RecommenderModel().skus
-    stop = time.monotonic() + seconds
+    for _ in range(120):  # start from an idle system: the minimum of replicas
+        if running_replicas(RECOMMENDER) <= max(1, floor):
+            break
+        await asyncio.sleep(1.0)
     calls = 0
+    trace: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    stop = started + seconds
 
     async def caller(i: int) -> None:
         nonlocal calls
@@ -158,20 +171,49 @@ async def autoscale(seconds: float) -> None:
             await rec.recommend.remote({"history": {skus[i]: 1.0}, "exclude": [skus[i]], "k": 10})
             calls += 1
 
-    async def sample(total: float) -> None:
-        started = time.monotonic()
-        while time.monotonic() - started < total:
-            t = time.monotonic() - started
-            print(f"t={t:5.1f}s replicas={running_replicas(RECOMMENDER)} calls={calls}")
+    async def sample() -> None:
+        while (t := time.monotonic() - started) < seconds + tail_s:
+            replicas = running_replicas(RECOMMENDER)
+            trace.append((t, replicas, calls))
+            print(f"t={t:5.1f}s replicas={replicas} calls={calls}", flush=True)
             await asyncio.sleep(1.0)
 
-    print(f"Recommender burst: 64 callers for {seconds:.0f}s, then idle 60s")
-    await asyncio.gather(sample(seconds + 60), *(caller(i) for i in range(64)))
+    print(f"Recommender burst: 64 callers for {seconds:.0f}s, then idle {tail_s:.0f}s")
+    await asyncio.gather(sample(), *(caller(i) for i in range(64)))
+    if csv_path:
+        rows = "".join(f"{t:.1f},{r},{c}\n" for t, r, c in trace)
+        await asyncio.to_thread(Path(csv_path).write_text, "t_s,replicas,calls\n" + rows)
+    top = max(r for _, r, _ in trace)
+    print(f"replicas over time (one column per sample, burst until t={seconds:.0f}s):")
+    for level in range(top, 0, -1):
+        print(f"{level} |" + "".join("#" if r >= level else " " for _, r, _ in trace))
+    print("  +" + "".join("B" if t < seconds else "-" for t, _, _ in trace))
+
+
+async def screened(minutes: float) -> None:
+    """Orders of the last ``minutes`` by who screened them: the model or the rules."""
+    pool = await create_pool(service_urls(get_settings()).database, max_size=1)
+    try:
+        rows = await pool.fetch(
+            "SELECT CASE WHEN data->'fraud'->'reasons'->>0 LIKE 'model:%' THEN 'model'"
+            " ELSE 'rules' END AS who, status, count(*) AS n FROM orders"
+            " WHERE created_at > now() - make_interval(secs => $1) GROUP BY 1, 2 ORDER BY 1, 2",
+            minutes * 60,
+        )
+    finally:
+        await pool.close()
+    for r in rows:
+        print(f"screened by {r['who']}: {r['n']} orders {r['status']}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--autoscale", type=float, default=0.0, help="burst seconds (0: skip)")
+    parser.add_argument("--csv", default=None, help="write the autoscaling trace here")
+    parser.add_argument("--screened", type=float, default=0.0, help="only count orders (minutes)")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.autoscale))
+    if args.screened:
+        asyncio.run(screened(args.screened))
+    else:
+        asyncio.run(main(args.rounds, args.autoscale, args.csv))
