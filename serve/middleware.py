@@ -125,6 +125,17 @@ def _with_security_headers(scope: dict[str, Any], send: Any, rid: str | None) ->
 
 
 MAX_BODY = 64 * 1024
+# Image uploads (serve/routers/media.py) may carry media_max_bytes plus the multipart framing.
+_UPLOAD_PATH = re.compile(r"^/v1/admin/products/[^/]+/images$")
+
+
+def body_limit(scope: dict[str, Any]) -> int:
+    """The most body bytes this request may send."""
+    if scope.get("method") == "POST" and _UPLOAD_PATH.match(scope.get("path", "")):
+        return runtime().settings.media_max_bytes + 64 * 1024
+    return MAX_BODY
+
+
 _UNSAFE_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -159,10 +170,11 @@ class Guard:
         rid = serve_rid or request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         send = _with_security_headers(scope, send, None if serve_rid else rid)
+        limit = body_limit(scope)
         for key, value in scope.get("headers", []):
-            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+            if key == b"content-length" and (not value.isdigit() or int(value) > limit):
                 response = problems.problem_response(
-                    413, None, f"Request bodies are limited to {MAX_BODY} bytes."
+                    413, None, f"Request bodies are limited to {limit} bytes."
                 )
                 await response(scope, receive, send)
                 return
@@ -189,9 +201,9 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY:
+                if received > limit:
                     raise StarletteHTTPException(
-                        413, f"Request bodies are limited to {MAX_BODY} bytes."
+                        413, f"Request bodies are limited to {limit} bytes."
                     )
             return dict(message)
 

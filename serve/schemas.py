@@ -65,6 +65,25 @@ class Money(BaseModel):
     currency: str = "BRL"
 
 
+class ImageFile(BaseModel):
+    url: str
+    webp_url: str = Field(description="the same pixels as WebP")
+    width: int
+    height: int
+
+
+class Thumbnail(ImageFile):
+    size: int = Field(description="the longest side it was fitted into, px")
+
+
+class ProductImage(ImageFile):
+    """An uploaded image (``POST /v1/admin/products/{sku}/images``)."""
+
+    id: str
+    content_type: str
+    thumbnails: list[Thumbnail]
+
+
 class Product(BaseModel):
     sku: str
     name: str
@@ -72,7 +91,9 @@ class Product(BaseModel):
     category: str
     price: Money
     attributes: dict[str, Any]
-    images: list[str]
+    images: list[str | ProductImage] = Field(
+        description="an uploaded image with its thumbnails, or the URL of an external one"
+    )
     in_stock: bool
 
 

@@ -107,8 +107,38 @@ async def hide(conn: Any, review_id: str, reason: str, admin_id: str) -> str | N
     return sku
 
 
+async def vote_helpful(conn: Any, sku: str, review_id: str, user_id: str) -> int | str:
+    """The shopper finds the review helpful: its helpful count after the vote (a second
+    vote counts once), ``"not-found"`` (unknown, hidden or another product's review) or
+    ``"own-review"``. Migration 0012; the caller holds the transaction."""
+    row = await conn.fetchrow(
+        "SELECT user_id, helpful FROM reviews"
+        " WHERE review_id = $1 AND sku = $2 AND hidden_at IS NULL FOR UPDATE",
+        review_id,
+        sku,
+    )
+    if row is None:
+        return "not-found"
+    if row["user_id"] == user_id:
+        return "own-review"
+    voted = await conn.fetchval(
+        "INSERT INTO review_votes (review_id, user_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        review_id,
+        user_id,
+    )
+    if not voted:
+        return int(row["helpful"])
+    helpful: int = await conn.fetchval(
+        "UPDATE reviews SET helpful = helpful + 1 WHERE review_id = $1 RETURNING helpful",
+        review_id,
+    )
+    return helpful
+
+
 async def anonymise_author(conn: Any, user_id: str) -> list[str]:
     """Erasure: the author's reviews keep their stars and text but lose who wrote them."""
+    await conn.execute("DELETE FROM review_votes WHERE user_id = $1", user_id)
     rows = await conn.fetch(
         "UPDATE reviews SET user_id = NULL, author_name = '' WHERE user_id = $1 RETURNING sku",
         user_id,

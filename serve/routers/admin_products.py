@@ -81,7 +81,9 @@ def _render(row: Any) -> dict[str, Any]:
     }
 
 
-async def _emit(rt: Runtime, conn: Any, kind: EventType, sku: str, fields: list[str]) -> None:
+async def emit_product_event(
+    rt: Runtime, conn: Any, kind: EventType, sku: str, fields: list[str]
+) -> None:
     s = rt.settings
     event = make_event(kind, sku, {"sku": sku, "fields": fields}, now_ms())
     await insert_outbox(conn, [event], s.events_tenant, s.events_namespace)
@@ -117,7 +119,7 @@ async def create_product(body: NewProduct, admin: Admin) -> dict[str, Any]:
         await conn.execute(
             "INSERT INTO inventory (sku, on_hand) VALUES ($1, 0) ON CONFLICT DO NOTHING", body.sku
         )
-        await _emit(rt, conn, PRODUCT_CREATED, body.sku, ["*"])
+        await emit_product_event(rt, conn, PRODUCT_CREATED, body.sku, ["*"])
         await record_admin_action(rt, admin, "product.create", body.sku, conn=conn)
     return _render(row)
 
@@ -154,7 +156,7 @@ async def change_product(sku: Sku, body: ProductChange, admin: Admin) -> dict[st
         )
         if row is None:
             raise Problem(404, "not-found", "No such product.")
-        await _emit(rt, conn, PRODUCT_UPDATED, sku, fields)
+        await emit_product_event(rt, conn, PRODUCT_UPDATED, sku, fields)
         await record_admin_action(rt, admin, "product.update", sku, {"fields": fields}, conn=conn)
     catalog = rt.catalog
     available = catalog.available.get(sku, 0) if catalog is not None else 0
@@ -180,6 +182,6 @@ async def retire_product(sku: Sku, admin: Admin) -> Response:
         )
         if retired is None:
             raise Problem(404, "not-found", "No such product.")
-        await _emit(rt, conn, PRODUCT_DELETED, sku, ["retired_at"])
+        await emit_product_event(rt, conn, PRODUCT_DELETED, sku, ["retired_at"])
         await record_admin_action(rt, admin, "product.retire", sku, conn=conn)
     return Response(status_code=204)

@@ -120,6 +120,29 @@ async def list_reviews(
 
 
 @router.post(
+    "/v1/products/{sku}/reviews/{id}/helpful",
+    openapi_extra=SHOPPER,
+    responses={
+        403: {"description": "your own review"},
+        404: {"description": "no such visible review of this product"},
+    },
+)
+async def vote_helpful(
+    sku: Sku, id: Annotated[str, Path(min_length=1, max_length=64)], principal: User
+) -> dict[str, Any]:
+    """Find a review helpful: one vote per shopper and review (again: no change)
+    -> ``{id, helpful}``, the review's helpful count (``sort=helpful``)."""
+    rt = await runtime().ready()
+    async with rt.pool.acquire() as conn, conn.transaction():
+        result = await reviews.vote_helpful(conn, sku, id, principal.user_id)
+    if result == "not-found":
+        raise Problem(404, "not-found", "No such review of this product.")
+    if result == "own-review":
+        raise Problem(403, "own-review", "You cannot vote for your own review.")
+    return {"id": id, "helpful": result}
+
+
+@router.post(
     "/v1/admin/reviews/{id}/hide",
     openapi_extra=ADMIN,
     tags=["admin"],
