@@ -19,6 +19,17 @@ matters on pulsar-lite, which never redelivers a message nacked twice on a
 Only when the dead-letter publish itself fails is the message negatively
 acknowledged; the subscription's dead-letter policy then takes over on a
 broker that honours it.
+
+Two pulsar-lite faults are worked around here, on one client (so each new
+subscribe gets a new consumer id from the client's counter). A consumer
+killed without closing can stay registered in the Key_Shared dispatcher, and
+a restarted process's first consumer (id 0 again) is refused as "already
+exists": the subscribe is retried in place, with backoff, and the next id is
+accepted. And after any consumer leaves the subscription with messages it
+had not acknowledged, the broker hands each of their keys to the survivors
+one message per subscription and then stops delivering that key: so a
+consumer idle for ``resubscribe_idle_s`` closes and subscribes again, which
+releases the stalled keys (redeliveries are deduplicated by event id).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import abc
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import asyncpg
@@ -74,6 +85,11 @@ class IdempotentConsumer(abc.ABC):
     retry_backoff_s: float = 0.1
     max_redeliver_count: int = 5
     negative_ack_redelivery_delay_ms: int = 1000
+    # Resubscribe after this long without a message (0 = never); see the module doc.
+    resubscribe_idle_s: float = 5.0
+    subscribe_backoff_s: float = 0.2
+    # A refused subscribe blocks until this timeout (the client retries it with the same id).
+    operation_timeout_s: int = 5
 
     def __init__(self, name: str | None = None, topics: Sequence[str] | None = None) -> None:
         if name is not None:
@@ -90,6 +106,19 @@ class IdempotentConsumer(abc.ABC):
     @abc.abstractmethod
     async def apply(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
         """The effect of one event, inside the transaction that records it as processed."""
+
+    async def tick(self, pool: asyncpg.Pool) -> None:
+        """Called after each message and each idle receive timeout; periodic work goes here.
+
+        A failure is logged and does not stop consumption. Nothing by default.
+        """
+        del pool
+
+    async def _tick(self, pool: asyncpg.Pool) -> None:
+        try:
+            await self.tick(pool)
+        except Exception as exc:
+            log.warning("%s: tick failed: %s", self.name, _describe(exc))
 
     async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
         """Apply ``envelope`` unless it was applied before; True when it was applied now."""
@@ -109,7 +138,11 @@ class IdempotentConsumer(abc.ABC):
     ) -> None:
         """Consume the topics until ``stop_event`` is set."""
         loop = asyncio.get_running_loop()
-        client = pulsar.Client(pulsar_url, logger=pulsar_logger())
+        client = pulsar.Client(
+            pulsar_url,
+            logger=pulsar_logger(),
+            operation_timeout_seconds=self.operation_timeout_s,
+        )
         dead_letters: dict[str, pulsar.Producer] = {}
         consumer: pulsar.Consumer | None = None
         try:
@@ -130,20 +163,48 @@ class IdempotentConsumer(abc.ABC):
                     ),
                 ),
             )
-            consumer = subscribed = await loop.run_in_executor(None, subscribe)
-            receive = partial(subscribed.receive, RECEIVE_TIMEOUT_MS)
-            while not stop_event.is_set():
+            consumer = await self._subscribe(subscribe, stop_event)
+            last_message = loop.time()
+            while consumer is not None and not stop_event.is_set():
                 try:
-                    message = await loop.run_in_executor(None, receive)
+                    message = await loop.run_in_executor(None, consumer.receive, RECEIVE_TIMEOUT_MS)
                 except pulsar.Timeout:
+                    await self._tick(pool)
+                    idle = loop.time() - last_message
+                    if self.resubscribe_idle_s > 0 and idle >= self.resubscribe_idle_s:
+                        closing, consumer = consumer, None
+                        await loop.run_in_executor(None, closing.close)
+                        consumer = await self._subscribe(subscribe, stop_event)
+                        last_message = loop.time()
                     continue
-                await self._process(pool, client, subscribed, message, dead_letters, stop_event)
+                last_message = loop.time()
+                await self._process(pool, client, consumer, message, dead_letters, stop_event)
+                await self._tick(pool)
         finally:
             for producer in dead_letters.values():
                 await loop.run_in_executor(None, producer.close)
             if consumer is not None:
                 await loop.run_in_executor(None, consumer.close)
             await loop.run_in_executor(None, client.close)
+
+    async def _subscribe(
+        self, subscribe: Callable[[], pulsar.Consumer], stop_event: asyncio.Event
+    ) -> pulsar.Consumer | None:
+        """Subscribe on the same client until accepted (each try takes a new consumer id).
+
+        None when ``stop_event`` is set first.
+        """
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not stop_event.is_set():
+            try:
+                return await loop.run_in_executor(None, subscribe)
+            except pulsar.PulsarException as exc:
+                attempt += 1
+                log.warning("%s: subscribe refused (try %d): %s", self.name, attempt, exc)
+                delay = self.subscribe_backoff_s * 2 ** min(attempt - 1, 10)
+                await asyncio.sleep(min(delay, MAX_TRANSIENT_BACKOFF_S))
+        return None
 
     async def _process(
         self,

@@ -1,5 +1,7 @@
 """Order routes (API.md, "Checkout and orders"): the caller's orders, cancel, and the
 operator's ship / refund / review. The order's shard decides every transition.
+Each operator action that the shard accepts records who acted (``admin.action``
+for the audit log, ``serve.routers.audit.record_admin_action``).
 
 No ``from __future__ import annotations``: FastAPI must see real annotations.
 """
@@ -13,9 +15,10 @@ from pydantic import Field
 from actors.clients import OrderClient
 from actors.messages import Rejected
 from ledger import store as ledger_store
-from serve.auth.principal import ADMIN, SHOPPER, Admin, User
+from serve.auth.principal import ADMIN, SHOPPER, Admin, Principal, User
 from serve.cursors import decode_cursor, page
 from serve.problems import Problem, actor_call, rejected
+from serve.routers.audit import record_admin_action
 from serve.runtime import runtime
 from serve.schemas import Input, money
 
@@ -125,32 +128,45 @@ class Review(Input):
     decision: Literal["approve", "reject"]
 
 
-async def _operate(order_id: str, action: str, note: str | None = None) -> dict[str, Any]:
+async def _operate(
+    order_id: str,
+    action: str,
+    admin: Principal,
+    audit: tuple[str, dict[str, Any]],
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Run ``action`` on the order's shard; once accepted, audit it as ``audit``."""
     if not re.fullmatch(r"[0-9a-f-]{36}", order_id):
         raise Problem(404, "not-found", "No such order.")
-    await runtime().ready()
+    rt = await runtime().ready()
     reply = await actor_call(order_client().operate(order_id, action, note), "Orders")
     if isinstance(reply, Rejected):
         raise rejected(reply)
+    audit_action, details = audit
+    await record_admin_action(
+        rt, admin, audit_action, order_id, {**details, "status": reply.order.get("status")}
+    )
     return render(reply.order)
 
 
 @router.post("/v1/admin/orders/{order_id}/ship", openapi_extra=ADMIN, tags=["admin"])
-async def ship_order(order_id: str, body: Ship, _admin: Admin) -> dict[str, Any]:
+async def ship_order(order_id: str, body: Ship, admin: Admin) -> dict[str, Any]:
     """Mark a confirmed order shipped (it can no longer be cancelled by the shopper)."""
-    return await _operate(order_id, "ship", body.carrier)
+    audit = ("order.ship", {"carrier": body.carrier})
+    return await _operate(order_id, "ship", admin, audit, body.carrier)
 
 
 @router.post("/v1/admin/orders/{order_id}/refund", openapi_extra=ADMIN, tags=["admin"])
-async def refund_order(order_id: str, _admin: Admin) -> dict[str, Any]:
+async def refund_order(order_id: str, admin: Admin) -> dict[str, Any]:
     """Refund a confirmed or shipped order in full (idempotent)."""
-    return await _operate(order_id, "refund")
+    return await _operate(order_id, "refund", admin, ("order.refund", {}))
 
 
 @router.post("/v1/admin/orders/{order_id}/review", openapi_extra=ADMIN, tags=["admin"])
-async def review_order(order_id: str, body: Review, _admin: Admin) -> dict[str, Any]:
+async def review_order(order_id: str, body: Review, admin: Admin) -> dict[str, Any]:
     """Decide an order held for fraud review: approve runs the rest of the checkout."""
-    return await _operate(order_id, body.decision)
+    audit = ("order.review", {"decision": body.decision})
+    return await _operate(order_id, body.decision, admin, audit)
 
 
 @router.get(

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -194,7 +195,7 @@ async def chain_head(conn: asyncpg.Connection) -> Appended | None:
 
 
 class AnchorPort(Protocol):
-    """Where the chain head is published out of our reach (the ledger implements it later).
+    """Where the chain head is published out of our reach (``ledger.audit_anchor``).
 
     ``anchor`` is called with the current head; ``anchored`` returns the newest
     head anchored so far (None before the first), for ``verify(expected=...)``.
@@ -213,10 +214,43 @@ class AuditConsumer(IdempotentConsumer):
 
     max_attempts = 3
 
-    def __init__(self, tenant: str, namespace: str, name: str = "audit") -> None:
+    def __init__(
+        self,
+        tenant: str,
+        namespace: str,
+        name: str = "audit",
+        anchor: Callable[[asyncpg.Pool], AnchorPort] | None = None,
+        anchor_every_s: float = 5.0,
+    ) -> None:
+        """``anchor`` builds the anchor on the consumer's pool (a class pickles by name,
+        so the consumer can be shipped to its actor); the chain head is anchored at most
+        every ``anchor_every_s`` seconds, whenever it moved, idle or busy."""
         events = [*SECURITY_EVENTS, ADMIN_ACTION.name]
         topics = sorted({topic_for(e, tenant, namespace) for e in events})
         super().__init__(name=name, topics=topics)
+        self._anchor_factory = anchor
+        self._anchor_every_s = anchor_every_s
+        self._anchor: AnchorPort | None = None
+        self._anchored: Appended | None = None
+        self._next_anchor_at = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The built anchor holds a pool; the actor builds its own.
+        return {**self.__dict__, "_anchor": None, "_anchored": None, "_next_anchor_at": 0.0}
+
+    async def tick(self, pool: asyncpg.Pool) -> None:
+        """Anchor the chain head when it moved and ``anchor_every_s`` has passed."""
+        if self._anchor_factory is None or time.monotonic() < self._next_anchor_at:
+            return
+        self._next_anchor_at = time.monotonic() + self._anchor_every_s
+        if self._anchor is None:
+            self._anchor = self._anchor_factory(pool)
+        async with pool.acquire() as conn:
+            head = await chain_head(conn)
+        if head is None or head == self._anchored:
+            return
+        await self._anchor.anchor(head)
+        self._anchored = head
 
     async def apply(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
         entry = audit_entry(envelope)

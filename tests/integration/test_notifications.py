@@ -191,14 +191,6 @@ async def test_smtp_down_nothing_lost_delivered_once_after(embedded_smtp, http, 
     assert len(await wait_for_mail(embedded_smtp, shopper["email"], order["id"], 0)) == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "pulsar-lite sometimes keeps a killed Key_Shared consumer registered; the restarted "
-        "actor's subscribe is then refused ('Consumer 0 already exists in key-shared "
-        "dispatcher') until the broker restarts (docs/DECISIONS.md, Events consumers)"
-    ),
-)
 async def test_consumer_killed_mid_batch_sends_each_mail_once(embedded_smtp, http, db, ray_ns):
     shoppers = [new_shopper(http) for _ in range(4)]
     orders = []
