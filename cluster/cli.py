@@ -33,6 +33,7 @@ from cluster.seed import seed_catalog
 from cluster.services import ensure_cart_token_secret, service_urls
 from cluster.settings import Settings, get_settings
 from ledger.actor import LedgerConfig, get_or_create_ledger
+from ledger.audit_anchor import LedgerAuditAnchor
 from ledger.chain import ANVIL_DEV_KEY
 from streams.consumers import audit
 from streams.consumers.host import HostConfig, get_or_create_consumer
@@ -206,7 +207,10 @@ def start_consumers(settings: Settings, urls: dict[str, str]) -> None:
         ]
         ray.get([host.health.remote() for host in hosts], timeout=60)
     host = HostConfig(database_url=urls["database"], pulsar_url=urls["pulsar"])
-    consumer = audit.AuditConsumer(settings.events_tenant, settings.events_namespace)
+    # The chain head is anchored through the ledger (a leaf per head, batched on chain).
+    consumer = audit.AuditConsumer(
+        settings.events_tenant, settings.events_namespace, anchor=LedgerAuditAnchor
+    )
     ray.get(get_or_create_consumer(settings.ray_namespace, host, consumer).health.remote())
     hooks = WebhooksConfig(
         database_url=urls["database"],
@@ -220,18 +224,25 @@ def start_consumers(settings: Settings, urls: dict[str, str]) -> None:
     ray.get(get_or_create_webhooks(settings.ray_namespace, hooks, poster).health.remote())
 
 
-def audit_verify(settings: Settings, expect_seq: int | None, expect_hash: str | None) -> int:
+def audit_verify(
+    settings: Settings, expect_seq: int | None, expect_hash: str | None, anchored: bool = False
+) -> int:
     """Walk the audit chain; 0 when intact, 1 at the first edited, deleted or inserted record."""
 
     async def run() -> audit.Verdict:
-        conn = await db.connect(service_urls(settings).database)
+        pool = await db.create_pool(service_urls(settings).database, max_size=1)
         try:
             expected = None
             if expect_seq is not None and expect_hash:
                 expected = audit.Appended(expect_seq, expect_hash)
-            return await audit.verify(conn, expected)
+            elif anchored:
+                expected = await LedgerAuditAnchor(pool).anchored()
+            if expected is not None:
+                _say(f"checking against anchored head {expected.seq} {expected.hash}")
+            async with pool.acquire() as conn:
+                return await audit.verify(conn, expected)
         finally:
-            await conn.close()
+            await pool.close()
 
     started = time.monotonic()
     verdict = asyncio.run(run())
@@ -399,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify_parser.add_argument("--expect-seq", type=int, help="an anchored head's seq")
     verify_parser.add_argument("--expect-hash", help="an anchored head's hash")
+    verify_parser.add_argument(
+        "--anchored",
+        action="store_true",
+        help="also check the newest head the ledger anchored on chain",
+    )
     keys_parser = sub.add_parser("keys", help="token signing keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -425,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "admin":
         admin_create(settings, args.email, args.password_stdin, args.name)
     elif args.command == "audit":
-        return audit_verify(settings, args.expect_seq, args.expect_hash)
+        return audit_verify(settings, args.expect_seq, args.expect_hash, args.anchored)
     elif args.command == "keys":
         keys_rotate(settings)
     elif args.command == "search":

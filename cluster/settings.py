@@ -164,6 +164,17 @@ class Settings(BaseSettings):
     models_dir: str | None = None  # another artifacts directory (default: the shipped models)
     recommend_recent_s: int = Field(default=3600, ge=60)  # views that count as "recent"
 
+    # Product media (issue 10): uploads checked and thumbnailed by cluster.adapters.media,
+    # stored under media_dir (default var/media; local only) and served at /media/.
+    media_dir: Path | None = None
+    media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    media_max_pixels: int = Field(default=40_000_000, ge=1, le=250_000_000)
+    media_max_images: int = Field(default=20, ge=1, le=200)  # per product
+
+    @property
+    def media_root(self) -> Path:
+        return self.media_dir or self.var_dir / "media"
+
     @property
     def run_dir(self) -> Path:
         return self.var_dir / "run"

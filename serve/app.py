@@ -23,6 +23,7 @@ from serve.routers.cart import router as cart_router
 from serve.routers.catalog import router as catalog_router
 from serve.routers.checkout import router as checkout_router
 from serve.routers.health import router as health_router
+from serve.routers.media import router as media_router
 from serve.routers.orders import router as orders_router
 from serve.routers.password import router as password_router
 from serve.routers.recommend import router as recommend_router
@@ -51,6 +52,7 @@ for router in (
     recommend_router,
     reviews_router,
     admin_products_router,
+    media_router,
 ):
     api.include_router(router)
 
