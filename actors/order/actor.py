@@ -125,6 +125,9 @@ class OrderShardImpl(ShardShell[Order]):
         except RuntimeError:  # built outside an event loop (a unit test): no background work
             return
         self._spawn(loop, self._boot())
+        if self.ports is not None:
+            # Find the fraud model now, not on the first order (that lookup takes seconds).
+            self._spawn(loop, self.ports.fraud.warm())
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
         task = loop.create_task(coro)
@@ -140,6 +143,13 @@ class OrderShardImpl(ShardShell[Order]):
     async def _persist(self, order: Order, events: list[Envelope]) -> None:
         self.changed(order.order_id, order, events)
         await self.flusher.durable(order.order_id, order.version)
+
+    async def stats(self) -> dict[str, Any]:
+        """The shell's figures plus how fraud screening went (model answers, fallbacks)."""
+        figures = await super().stats()
+        if self.ports is not None:
+            figures["fraud"] = self.ports.fraud.stats()
+        return figures
 
     # --- resume on (re)start ------------------------------------------------------
 

@@ -14,7 +14,7 @@ payment-method token, ``pm_...``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors.fraud.rules import Screening
 from actors.messages import Rejected
@@ -80,6 +80,14 @@ class Fraud(Protocol):
         quantities: tuple[int, ...],
         country: str,
     ) -> Screening: ...
+
+    async def warm(self) -> None:
+        """Get ready to screen (e.g. reach the model) before the first order needs it."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """How screening went so far (for the shard's stats)."""
+        ...
 
 
 class PaymentGateway(Protocol):

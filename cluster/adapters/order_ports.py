@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from actors.clients import CartClient, InventoryClient
@@ -56,9 +58,24 @@ OpenPool = Callable[[], Awaitable[Any]]
 # The Serve application and the fraud model's deployment (serve.models.deployments).
 SERVE_APP_NAME = "agora"
 FRAUD_DEPLOYMENT = "FraudScorer"
-# Once per shard process, the first model call may take this long: it looks the
-# deployment up and sets up the handle's router; every later call gets the budget.
+# Once per shard process, the first model call looks the deployment up and sets up
+# the handle's router (seconds). The shard makes that call at start (``warm``); an
+# order arriving while that first attempt is in flight waits for it this long.
 COLD_BUDGET_S = 3.0
+# What the warm-up call scores: a plain order (its answer is thrown away).
+WARM_FACTS: dict[str, Any] = {
+    "total": 10_000,
+    "units": 1,
+    "max_units_one_sku": 1,
+    "n_lines": 1,
+    "country": "BR",
+    "account_age_s": 86_400,
+    "orders_last_hour": 0,
+    "tokens_30d": 1,
+    "hour": 12,
+}
+# Model call latencies kept for the shard's stats (a sliding window).
+LATENCY_WINDOW = 1024
 Clock = Callable[[], int]
 
 
@@ -324,10 +341,16 @@ class FraudAdapter:
     """Facts about the shopper from PostgreSQL, scored by the model, else by the rules.
 
     With a ``model`` (the ``FraudScorer`` deployment), its decision stands when it
-    answers within ``budget_ms`` (``COLD_BUDGET_S`` for the process's first call);
-    on a timeout or an error the rules decide (``reasons`` then include
-    ``model-unavailable``). The model's score is its
+    answers within ``budget_ms``; on a timeout or an error the rules decide
+    (``reasons`` then include ``model-unavailable``). The model's score is its
     fraud probability in percent.
+
+    The first call to a deployment from a new process costs seconds (handle
+    lookup, router set-up), so the shard calls ``warm`` at start: it calls the
+    model until it answers (the deployment may come up after the shard). An
+    order that arrives while the first warm-up call is in flight waits for it
+    (up to ``COLD_BUDGET_S``); once that call has failed, orders go to the rules
+    at once while the warm-up keeps retrying in the background.
     """
 
     def __init__(
@@ -346,7 +369,72 @@ class FraudAdapter:
         self.budget_s = budget_ms / 1000
         self.model_answers = 0
         self.fallbacks = 0
-        self._cold = True  # the process's first call also finds the deployment
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._warm_task: asyncio.Task[None] | None = None
+        self._ready = False  # the model has answered once: calls get the plain budget
+        self._tried: asyncio.Event | None = None  # set once the first warm-up call ended
+
+    def _warming(self) -> asyncio.Task[None]:
+        if self._warm_task is None:
+            self._tried = asyncio.Event()
+            self._warm_task = asyncio.get_running_loop().create_task(self._warm_up())
+        return self._warm_task
+
+    async def _warm_up(self) -> None:
+        assert self.model is not None and self._tried is not None
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.wait_for(self.model(WARM_FACTS), COLD_BUDGET_S)
+            except Exception as exc:  # not deployed yet, or starting: try again
+                log.info("fraud model not reachable yet (%s); retrying", type(exc).__name__)
+                self._tried.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)  # the deployment is usually seconds away
+                continue
+            self._ready = True
+            self._tried.set()
+            return
+
+    async def warm(self) -> None:
+        """Reach the model before the first order needs it; returns once it has answered."""
+        if self.model is not None:
+            await asyncio.shield(self._warming())
+
+    def stats(self) -> dict[str, Any]:
+        """Model answers, fallbacks and the model call's latency over the last calls."""
+        window = sorted(self._latencies)
+
+        def pct(q: float) -> float | None:
+            return round(window[int(q * (len(window) - 1))] * 1000, 2) if window else None
+
+        return {
+            "model": self.model is not None,
+            "ready": self._ready,
+            "model_answers": self.model_answers,
+            "fallbacks": self.fallbacks,
+            "model_ms_p50": pct(0.50),
+            "model_ms_p95": pct(0.95),
+            "budget_ms": round(self.budget_s * 1000),
+        }
+
+    def _record(self, started: float, call: asyncio.Future[Any]) -> None:
+        self._latencies.append(time.perf_counter() - started)
+        if not call.cancelled():
+            call.exception()  # retrieved: a late failure is already counted as a fallback
+
+    async def _wait_first_try(self) -> bool:
+        """Whether the model is ready, after waiting for an in-flight first warm-up call."""
+        if self._ready:
+            return True
+        self._warming()
+        assert self._tried is not None
+        if not self._tried.is_set():
+            try:
+                await asyncio.wait_for(self._tried.wait(), COLD_BUDGET_S)
+            except TimeoutError:
+                return False
+        return self._ready
 
     async def facts(
         self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
@@ -397,10 +485,14 @@ class FraudAdapter:
         )
         if self.model is None:
             return rules
-        budget = max(self.budget_s, COLD_BUDGET_S) if self._cold else self.budget_s
-        self._cold = False
         try:
-            verdict = await asyncio.wait_for(self.model(raw), budget)
+            if not await self._wait_first_try():
+                raise ConnectionError("the fraud model has not answered yet")
+            # A late answer is not cancelled, only ignored: its latency is still recorded,
+            # so the stats show what the budget cut off.
+            call = asyncio.ensure_future(self.model(raw))
+            call.add_done_callback(partial(self._record, time.perf_counter()))
+            verdict = await asyncio.wait_for(asyncio.shield(call), self.budget_s)
             decision = str(verdict["decision"])
             if decision not in ("pass", "review", "block"):
                 raise ValueError(f"unknown decision {decision!r}")

@@ -144,13 +144,56 @@ async def test_the_port_falls_back_to_the_rules_on_timeout_or_error():
 
     # Rules: total over R$ 20,000 (+50) and abroad (+30) -> block at 80.
     a = adapter(slow, budget_ms=20)
-    cold = await a.screen("o0", "u1", 2_500_000, (1,), "US")  # first call: the cold budget
-    assert cold.decision == "pass" and a.model_answers == 1
-    for model in (slow, broken):
-        if model is broken:
-            a = adapter(model, budget_ms=20)
-        screening = await a.screen("o1", "u1", 2_500_000, (1,), "US")
-        assert screening.decision == "block" and "model-unavailable" in screening.reasons
-        assert a.fallbacks == 1
-    a = adapter(broken)
+    await a.warm()  # the warm-up call is allowed the cold budget; orders get 20 ms
+    screening = await a.screen("o1", "u1", 2_500_000, (1,), "US")
+    assert screening.decision == "block" and "model-unavailable" in screening.reasons
+    assert a.fallbacks == 1 and a.model_answers == 0
+    await asyncio.sleep(0.35)  # the late answer is ignored but its latency is kept
+    stats = a.stats()
+    assert stats["ready"] and stats["model_ms_p50"] >= 250, stats
+
+    a = adapter(broken, budget_ms=20)
+    started = asyncio.get_running_loop().time()
+    screening = await a.screen("o1", "u1", 2_500_000, (1,), "US")
+    # The first warm-up call failed at once: no cold wait, the rules decide.
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert screening.decision == "block" and "model-unavailable" in screening.reasons
+    assert a.fallbacks == 1 and not a.stats()["ready"]
     assert (await a.screen("o2", "u1", 10_000, (1,), "BR")).decision == "pass"
+    a._warm_task.cancel()  # it would keep retrying the broken model
+
+
+async def test_an_order_during_the_first_warm_up_call_waits_for_it(fraud):
+    calls = []
+
+    async def cold_then_fast(raw):
+        calls.append(raw)
+        if len(calls) == 1:
+            await asyncio.sleep(0.5)  # the handle lookup of a new process
+        v = fraud.score([raw])[0]
+        return {"score": v.score, "decision": v.decision, "version": fraud.version}
+
+    a = adapter(cold_then_fast)
+    warming = asyncio.ensure_future(a.warm())
+    await asyncio.sleep(0)
+    screening = await a.screen("o1", "u1", 15_490, (1,), "BR")
+    assert screening.reasons[0] == f"model:{fraud.version}" and a.model_answers == 1
+    assert warming.done() and len(calls) == 2  # the warm-up call, then the order's
+
+
+async def test_the_port_recovers_when_the_model_comes_up_later(fraud):
+    up = False
+
+    async def late(raw):
+        if not up:
+            raise ConnectionError("no deployment yet")
+        v = fraud.score([raw])[0]
+        return {"score": v.score, "decision": v.decision, "version": fraud.version}
+
+    a = adapter(late)
+    first = await a.screen("o1", "u1", 15_490, (1,), "BR")
+    assert "model-unavailable" in first.reasons
+    up = True
+    await asyncio.wait_for(a.warm(), 2.0)  # retried with backoff, answered
+    later = await a.screen("o2", "u1", 15_490, (1,), "BR")
+    assert later.reasons[0] == f"model:{fraud.version}" and a.stats()["ready"]

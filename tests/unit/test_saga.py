@@ -173,6 +173,12 @@ class Fakes:
         score = {"pass": 0, "review": 60, "block": 90}[self.decision]
         return Screening(score, self.decision, ("rule",) if score else ())
 
+    async def warm(self) -> None:
+        self.calls["warm"] += 1
+
+    def stats(self) -> dict:
+        return {"screened": self.calls["screen"]}
+
     # Payments
     async def charge(self, key, amount, currency, token) -> Charge:
         self.calls["charge", key] += 1
