@@ -195,8 +195,13 @@ async def test_smtp_down_nothing_lost_delivered_once_after(embedded_smtp, http, 
 # subscription and never delivers its keys to the restarted one (fault (a) in DECISIONS,
 # "Events consumers"): then the mail is late, not sent twice. Not strict: it passes
 # whenever the broker releases the keys, and must never send a mail twice.
-@pytest.mark.xfail(strict=False, reason="pulsar-lite may strand a killed consumer's keys")
-async def test_consumer_killed_mid_batch_sends_each_mail_once(embedded_smtp, http, db, ray_ns):
+async def test_consumer_killed_mid_batch_never_sends_a_mail_twice(embedded_smtp, http, db, ray_ns):
+    """Never twice is a hard check; a late mail is an expected failure of the broker.
+
+    pulsar-lite 0.2 can keep a SIGKILLed Key_Shared consumer registered and hold its
+    keys back from the restarted one, so a mail may come late (seen once in CI):
+    that ends the test as xfail, while a duplicate fails it.
+    """
     shoppers = [new_shopper(http) for _ in range(4)]
     orders = []
     host = ray.get_actor(notifications_actor_name(0), namespace=ray_ns)
@@ -205,11 +210,18 @@ async def test_consumer_killed_mid_batch_sends_each_mail_once(embedded_smtp, htt
         orders.append((shopper, checkout(http, sku, auth(shopper))))
         if i == 1:
             ray.kill(host, no_restart=False)  # mid-batch: Ray restarts it, it resumes
+    late = []
     for shopper, order in orders:
         found = await wait_for_mail(embedded_smtp, shopper["email"], order["id"], timeout=90)
-        assert len(found) == 1, (order["id"], len(found))
+        assert len(found) <= 1, (order["id"], len(found))
+        if not found:
+            late.append(order["id"])
     await asyncio.sleep(2)
     for shopper, order in orders:
-        assert len(mails_to(embedded_smtp, shopper["email"])) == 2  # welcome + order
+        sent = len(mails_to(embedded_smtp, shopper["email"]))  # welcome + order
+        assert sent <= 2, (order["id"], sent)
+        assert sent == 2 or order["id"] in late, (order["id"], sent)
     health = ray.get(ray.get_actor(notifications_actor_name(0), namespace=ray_ns).health.remote())
     assert health["running"]
+    if late:
+        pytest.xfail(f"pulsar-lite held back the killed consumer's keys: {late}")
