@@ -7,7 +7,7 @@ UV := $(if $(UV_BIN),$(UV_BIN),$(PY) -m uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run stop status test check lint typecheck security coverage bench deps system-deps uv
+.PHONY: run stop status test check lint typecheck security coverage bench deps system-deps uv audit
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --user uv \
@@ -67,6 +67,16 @@ coverage: deps
 		--cov=serve --cov=cluster --cov-report=term:skip-covered --cov-report=xml:var/coverage.xml
 
 check: lint typecheck security coverage test
+
+# pip-audit of the locked environment (uv.lock, every group, with hashes) against PyPI's
+# per-release vulnerability data; --strict fails when a package cannot be audited. Not in
+# .ci/run: the build machine cannot reach that data (docs/DECISIONS.md, "pip-audit").
+audit: deps
+	@mkdir -p var
+	$(UV) export --frozen --all-groups --no-emit-project --format requirements-txt --quiet \
+		--output-file var/audit-requirements.txt
+	$(BIN)/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+		-r var/audit-requirements.txt
 
 bench: deps
 	$(BIN)/python -m loadtests.bench

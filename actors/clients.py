@@ -16,6 +16,19 @@ from actors.cart.model import CartView, CartViewLine
 from actors.inventory.model import Audit, Done, Held, LineHold, Short, StockView
 from actors.messages import Rejected
 from actors.order.model import OrderReply, PixSettled
+from streams.tracing import carrier as trace_carrier
+
+
+def _call(handle: Any, method: str, *args: Any) -> Any:
+    """``handle.<method>.remote(*args)``, carrying the current trace when one is sampled.
+
+    Ray propagates no OpenTelemetry context, so a traced call goes through the
+    shell's ``traced`` entry with a W3C carrier; untraced, it is the plain call.
+    """
+    carrier = trace_carrier()
+    if carrier is None:
+        return getattr(handle, method).remote(*args)
+    return handle.traced.remote(carrier, method, *args)
 
 
 class _Client:
@@ -30,42 +43,44 @@ class CartClient(_Client):
         return self.directory.get("cart", cart_id)
 
     async def get(self, cart_id: str) -> CartView:
-        return cast(CartView, await self._shard(cart_id).view.remote(cart_id))
+        return cast(CartView, await _call(self._shard(cart_id), "view", cart_id))
 
     async def add_item(
         self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
     ) -> CartView | Rejected:
-        reply = await self._shard(cart_id).add_item.remote(cart_id, sku, name, unit_price, quantity)
+        reply = await _call(
+            self._shard(cart_id), "add_item", cart_id, sku, name, unit_price, quantity
+        )
         return cast(CartView | Rejected, reply)
 
     async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> CartView | Rejected:
-        reply = await self._shard(cart_id).set_quantity.remote(cart_id, sku, quantity)
+        reply = await _call(self._shard(cart_id), "set_quantity", cart_id, sku, quantity)
         return cast(CartView | Rejected, reply)
 
     async def remove_item(self, cart_id: str, sku: str) -> CartView | Rejected:
-        reply = await self._shard(cart_id).remove_item.remote(cart_id, sku)
+        reply = await _call(self._shard(cart_id), "remove_item", cart_id, sku)
         return cast(CartView | Rejected, reply)
 
     async def apply_coupon(self, cart_id: str, code: str) -> CartView | Rejected:
-        reply = await self._shard(cart_id).apply_coupon.remote(cart_id, code)
+        reply = await _call(self._shard(cart_id), "apply_coupon", cart_id, code)
         return cast(CartView | Rejected, reply)
 
     async def remove_coupon(self, cart_id: str) -> CartView:
-        return cast(CartView, await self._shard(cart_id).remove_coupon.remote(cart_id))
+        return cast(CartView, await _call(self._shard(cart_id), "remove_coupon", cart_id))
 
     async def absorb(
         self, cart_id: str, lines: tuple[CartViewLine, ...], coupon: str | None
     ) -> CartView:
         """Login merge, one command on the receiving cart's shard (durable when answered)."""
-        reply = await self._shard(cart_id).absorb.remote(cart_id, lines, coupon)
+        reply = await _call(self._shard(cart_id), "absorb", cart_id, lines, coupon)
         return cast(CartView, reply)
 
     async def clear(self, cart_id: str) -> CartView:
         """Empty the cart (lines and coupon), durably."""
-        return cast(CartView, await self._shard(cart_id).clear.remote(cart_id))
+        return cast(CartView, await _call(self._shard(cart_id), "clear", cart_id))
 
     async def persist(self, cart_id: str) -> None:
-        await self._shard(cart_id).persist.remote(cart_id)
+        await _call(self._shard(cart_id), "persist", cart_id)
 
 
 class InventoryClient(_Client):
@@ -81,29 +96,31 @@ class InventoryClient(_Client):
         return {name: tuple(group) for name, group in groups.items()}
 
     async def get(self, sku: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await self._shard(sku).get.remote(sku))
+        return cast(StockView | Rejected, await _call(self._shard(sku), "get", sku))
 
     async def set_on_hand(self, sku: str, on_hand: int) -> StockView | Rejected:
-        return cast(StockView | Rejected, await self._shard(sku).set_on_hand.remote(sku, on_hand))
+        return cast(
+            StockView | Rejected, await _call(self._shard(sku), "set_on_hand", sku, on_hand)
+        )
 
     async def adjust(self, sku: str, delta: int, reason: str) -> StockView | Rejected:
-        reply = await self._shard(sku).adjust.remote(sku, delta, reason)
+        reply = await _call(self._shard(sku), "adjust", sku, delta, reason)
         return cast(StockView | Rejected, reply)
 
     async def reserve(
         self, sku: str, rid: str, quantity: int, ttl_s: int | None = None
     ) -> StockView | Rejected:
-        reply = await self._shard(sku).reserve.remote(sku, rid, quantity, ttl_s)
+        reply = await _call(self._shard(sku), "reserve", sku, rid, quantity, ttl_s)
         return cast(StockView | Rejected, reply)
 
     async def commit(self, sku: str, rid: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await self._shard(sku).commit.remote(sku, rid))
+        return cast(StockView | Rejected, await _call(self._shard(sku), "commit", sku, rid))
 
     async def release(self, sku: str, rid: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await self._shard(sku).release.remote(sku, rid))
+        return cast(StockView | Rejected, await _call(self._shard(sku), "release", sku, rid))
 
     async def audit(self, sku: str) -> Audit:
-        return cast(Audit, await self._shard(sku).audit.remote(sku))
+        return cast(Audit, await _call(self._shard(sku), "audit", sku))
 
     async def reserve_many(
         self, order_id: str, lines: tuple[LineHold, ...], ttl_s: int | None = None
@@ -111,24 +128,24 @@ class InventoryClient(_Client):
         """One call per inventory shard involved, in parallel; each shard all-or-nothing."""
         groups = self._by_shard(lines)
         calls = [
-            self.directory.handle(name).reserve_many.remote(order_id, group, ttl_s)
+            _call(self.directory.handle(name), "reserve_many", order_id, group, ttl_s)
             for name, group in groups.items()
         ]
         return list(await asyncio.gather(*calls))
 
     async def commit_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
         groups = self._by_shard(lines)
-        calls = [self.directory.handle(n).commit_many.remote(g) for n, g in groups.items()]
+        calls = [_call(self.directory.handle(n), "commit_many", g) for n, g in groups.items()]
         return list(await asyncio.gather(*calls))
 
     async def release_many(self, lines: tuple[LineHold, ...]) -> list[Done]:
         groups = self._by_shard(lines)
-        calls = [self.directory.handle(n).release_many.remote(g) for n, g in groups.items()]
+        calls = [_call(self.directory.handle(n), "release_many", g) for n, g in groups.items()]
         return list(await asyncio.gather(*calls))
 
     async def return_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
         groups = self._by_shard(lines)
-        calls = [self.directory.handle(n).return_many.remote(g) for n, g in groups.items()]
+        calls = [_call(self.directory.handle(n), "return_many", g) for n, g in groups.items()]
         return list(await asyncio.gather(*calls))
 
 
@@ -141,29 +158,29 @@ class SessionClient(_Client):
     async def open(
         self, user_id: str, sid: str, refresh_hash: str, device: str, lifetime_ms: int
     ) -> None:
-        await self._shard(user_id).open.remote(user_id, sid, refresh_hash, device, lifetime_ms)
+        await _call(self._shard(user_id), "open", user_id, sid, refresh_hash, device, lifetime_ms)
 
     async def rotate(
         self, user_id: str, sid: str, presented_hash: str, new_hash: str
     ) -> Rejected | None:
-        reply = await self._shard(user_id).rotate.remote(user_id, sid, presented_hash, new_hash)
+        reply = await _call(self._shard(user_id), "rotate", user_id, sid, presented_hash, new_hash)
         return cast(Rejected | None, reply)
 
     async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
-        return cast(bool, await self._shard(user_id).revoke.remote(user_id, sid, reason))
+        return cast(bool, await _call(self._shard(user_id), "revoke", user_id, sid, reason))
 
     async def revoke_all(self, user_id: str, reason: str) -> list[str]:
-        return cast(list[str], await self._shard(user_id).revoke_all.remote(user_id, reason))
+        return cast(list[str], await _call(self._shard(user_id), "revoke_all", user_id, reason))
 
     async def erase(self, user_id: str) -> None:
-        await self._shard(user_id).erase.remote(user_id)
+        await _call(self._shard(user_id), "erase", user_id)
 
     async def active(self, user_id: str) -> list[dict[str, Any]]:
         """The user's active sessions (no token material)."""
-        return cast(list[dict[str, Any]], await self._shard(user_id).list.remote(user_id))
+        return cast(list[dict[str, Any]], await _call(self._shard(user_id), "list", user_id))
 
     async def is_active(self, user_id: str, sid: str) -> bool:
-        return cast(bool, await self._shard(user_id).is_active.remote(user_id, sid))
+        return cast(bool, await _call(self._shard(user_id), "is_active", user_id, sid))
 
 
 class OrderClient(_Client):
@@ -176,30 +193,30 @@ class OrderClient(_Client):
         self, order_id: str, user_id: str, request_hash: str, request: dict[str, Any], cart_id: str
     ) -> OrderReply | Rejected:
         """Start (or join, or replay) the saga; answers within ``checkout_wait_s``."""
-        reply = await self._shard(order_id).checkout.remote(
-            order_id, user_id, request_hash, request, cart_id
+        reply = await _call(
+            self._shard(order_id), "checkout", order_id, user_id, request_hash, request, cart_id
         )
         return cast(OrderReply | Rejected, reply)
 
     async def get(self, order_id: str) -> OrderReply | None:
-        return cast(OrderReply | None, await self._shard(order_id).get.remote(order_id))
+        return cast(OrderReply | None, await _call(self._shard(order_id), "get", order_id))
 
     async def cancel(self, order_id: str, user_id: str) -> OrderReply | Rejected:
-        reply = await self._shard(order_id).cancel.remote(order_id, user_id)
+        reply = await _call(self._shard(order_id), "cancel", order_id, user_id)
         return cast(OrderReply | Rejected, reply)
 
     async def operate(
         self, order_id: str, action: str, note: str | None = None
     ) -> OrderReply | Rejected:
-        reply = await self._shard(order_id).operate.remote(order_id, action, note)
+        reply = await _call(self._shard(order_id), "operate", order_id, action, note)
         return cast(OrderReply | Rejected, reply)
 
     async def pix_paid(self, order_id: str, amount: int) -> PixSettled | Rejected:
-        reply = await self._shard(order_id).pix_paid.remote(order_id, amount)
+        reply = await _call(self._shard(order_id), "pix_paid", order_id, amount)
         return cast(PixSettled | Rejected, reply)
 
     async def erase_personal(self, order_id: str) -> None:
-        await self._shard(order_id).erase_personal.remote(order_id)
+        await _call(self._shard(order_id), "erase_personal", order_id)
 
 
 class ShardOps(_Client):
@@ -212,7 +229,7 @@ class ShardOps(_Client):
 
     async def stats(self, name: str) -> dict[str, Any]:
         """One shard's metrics: name, node, pid, resident keys, loads, flush figures."""
-        return cast(dict[str, Any], await self.directory.handle(name).stats.remote())
+        return cast(dict[str, Any], await _call(self.directory.handle(name), "stats"))
 
     async def stats_of(self, kind: str) -> list[dict[str, Any]]:
         """The metrics of every shard of ``kind``, fetched in parallel."""

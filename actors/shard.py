@@ -11,6 +11,7 @@ store and a fake clock, and actors never import the wiring.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import ray
+from opentelemetry.trace import SpanKind
 
 from actors.messages import now_ms
 from actors.writebehind import DirtyTracker, Flusher, Store
 from streams.events import Envelope
+from streams.tracing import extract, span, stamp
 
 
 class Document(Protocol):
@@ -142,7 +145,28 @@ class ShardShell(ABC, Generic[S]):
                 excess -= 1
 
     def changed(self, key: str, state: S, events: list[Envelope]) -> None:
-        self.flusher.mark(key, state.version, events)
+        # Inside a sampled trace the events carry it to the consumers (else unchanged).
+        self.flusher.mark(key, state.version, stamp(events))
+
+    async def traced(self, carrier: dict[str, str], method: str, *args: Any) -> Any:
+        """``method(*args)`` as a child span of the caller's trace (``actors.clients._call``).
+
+        Ray carries no OpenTelemetry context, so a traced caller sends its W3C
+        carrier here; an untraced one calls the method directly. Only the
+        public protocol is reachable, as through the handle itself.
+        """
+        target = None if method.startswith("_") else getattr(self, method, None)
+        if not callable(target) or method == "traced":
+            raise AttributeError(f"{type(self).__name__} has no method {method!r}")
+        label = self.name.split(":")[1] if self.name.count(":") == 2 else type(self).__name__
+        with span(
+            f"{label}.{method}",
+            kind=SpanKind.SERVER,
+            parent=extract(carrier),
+            attributes={"agora.shard": self.name, "rpc.system": "ray", "rpc.method": method},
+        ):
+            result = target(*args)
+            return await result if inspect.isawaitable(result) else result
 
     async def durable(self, key: str) -> None:
         """Wait until the current version of ``key`` has committed (group commit)."""

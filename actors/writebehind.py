@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from actors.messages import now_ms
 from streams.events import Envelope, encode, topic_for
+from streams.tracing import linked_span, stamp
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ async def insert_outbox(
 ) -> None:
     if not events:
         return
+    events = stamp(events)  # a direct writer inside a traced request
     await conn.executemany(
         "INSERT INTO outbox (event_id, topic, key, type, envelope)"
         " VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb) ON CONFLICT (event_id) DO NOTHING",
@@ -263,7 +265,10 @@ class Flusher:
         rows = self._rows(batch.keys)
         self._inflight.update(batch.versions)
         try:
-            await self._write(rows, batch.events)
+            # A span (linked to the traced requests) only when some event is traced.
+            figures = {"agora.rows": len(rows), "agora.events": len(batch.events)}
+            with linked_span("write-behind flush", batch.events, attributes=figures):
+                await self._write(rows, batch.events)
         except Exception as exc:
             if not refused_data(exc):
                 self.tracker.put_back(batch)

@@ -27,6 +27,7 @@ from cluster.adapters.postgres import DocumentStore, InventoryStore, OrderStore
 from cluster.db import create_pool
 from cluster.services import service_urls
 from cluster.settings import Settings, get_settings
+from streams import tracing
 
 
 def _store(kind: str) -> Store:
@@ -43,6 +44,7 @@ def shard_env(name: str, *, kind: str | None = None, settings: Settings | None =
     """The environment of shard ``name`` (``agora:<kind>:<n>``), built in the shard's process."""
     settings = settings or get_settings()
     kind = kind or name.split(":")[1]
+    tracing.setup(tracing.TracingConfig.from_env(), f"agora-{kind}")
 
     pool: list[Any] = []
     pool_lock = asyncio.Lock()

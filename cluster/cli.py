@@ -18,16 +18,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+# Ray reads its environment when it is first imported, and some modules below import it.
+from cluster import rayenv  # isort: skip
+
+# isort: split
 from actors.clients import ShardOps
 from actors.session.passwords import PasswordHasher, check_password, normalise_email
-from cluster import db, infra, rayenv, supervisor
-from cluster.adapters import signing_keys
+from cluster import analytics, backup, db, infra, supervisor
+from cluster.adapters import object_store, signing_keys
 from cluster.adapters.smtp import SmtpSender
 from cluster.adapters.webhook_delivery import HttpPoster
 from cluster.bootstrap import shard_directory
+from cluster.crypto import secretbox
 from cluster.search_reindex import reindex
 from cluster.seed import seed_catalog
 from cluster.services import ensure_cart_token_secret, service_urls
@@ -35,6 +41,7 @@ from cluster.settings import Settings, get_settings
 from ledger.actor import LedgerConfig, get_or_create_ledger
 from ledger.audit_anchor import LedgerAuditAnchor
 from ledger.chain import ANVIL_DEV_KEY
+from streams import tracing
 from streams.consumers import audit
 from streams.consumers.host import HostConfig, get_or_create_consumer
 from streams.consumers.notifications import NotificationsConfig, get_or_create_notifications
@@ -55,6 +62,11 @@ async def _migrate_and_seed(database_url: str, products: int) -> tuple[list[int]
     conn = await db.connect(database_url)
     try:
         applied = await db.migrate(conn)
+        # Secrets written before sealing existed (or under an older master key).
+        async with conn.transaction():
+            resealed = await secretbox.reseal_all(conn, secretbox.master_keys())
+        if any(resealed.values()):
+            _say(f"secrets sealed at rest: {resealed}")
         await signing_keys.ensure_key(conn)
         seeded = await seed_catalog(conn, products) if products else 0
     finally:
@@ -94,16 +106,22 @@ def _wait_ready(settings: Settings, timeout: float) -> None:
 
 def up(settings: Settings) -> None:
     started = time.monotonic()
+    try:  # a bad setting stops here, not as a 500 on the first image
+        object_store.open_store(settings.media_url, settings.var_dir / "media")
+    except ValueError as exc:
+        raise SystemExit(f"agora up: {exc}") from None
     urls = infra.start_services(settings)
     supervisor.start_supervisor(settings)
     ensure_cart_token_secret(settings)
+    if secretbox.ensure_master_key_file(settings):
+        _say(f"master key created: {settings.run_dir / secretbox.KEY_FILE} (back it up apart)")
     _say("services: " + ", ".join(f"{k}={_redact(v)}" for k, v in urls.items()))
     applied, seeded = asyncio.run(_migrate_and_seed(urls["database"], settings.seed_products))
     if applied:
         _say(f"migrations applied: {applied}")
     if seeded:
         _say(f"demo catalog seeded: {seeded} products")
-    infra.start_ray(settings, {"AGORA_VAR_DIR": str(settings.var_dir)})
+    infra.start_ray(settings, {"AGORA_VAR_DIR": str(settings.var_dir), **tracing_env(settings)})
     connect_ray(settings)
     deploy(settings, urls)
     _wait_ready(settings, timeout=120)
@@ -113,6 +131,20 @@ def up(settings: Settings) -> None:
     _say(f"  docs     {base}/docs  (OpenAPI {base}/openapi.json)")
     _say(f"  health   {base}/readyz   metrics {base}/metrics")
     _say(f"  ray      {infra.ray_address(settings)} (namespace {settings.ray_namespace})")
+
+
+def tracing_env(settings: Settings) -> dict[str, str]:
+    """What every Ray process reads to set up tracing (``streams.tracing``): ours, exported."""
+    if settings.traces_dir.is_dir():
+        tracing.prune(settings.traces_dir)
+    env = {
+        "AGORA_TRACING": settings.tracing,
+        "AGORA_TRACE_SAMPLE_RATIO": str(settings.trace_sample_ratio),
+        "AGORA_TRACES_DIR": str(settings.traces_dir),
+    }
+    if settings.otlp_endpoint:
+        env["AGORA_OTLP_ENDPOINT"] = settings.otlp_endpoint
+    return env
 
 
 def application(import_path: str = SERVE_APP) -> Any:
@@ -221,7 +253,11 @@ def start_consumers(settings: Settings, urls: dict[str, str]) -> None:
         give_up_after_s=settings.webhooks_give_up_after_s,
     )
     poster = HttpPoster(allow_private=settings.webhooks_allow_private)
-    ray.get(get_or_create_webhooks(settings.ray_namespace, hooks, poster).health.remote())
+    opener = secretbox.SecretOpener(secretbox.WEBHOOK_SECRET)
+    webhooks = get_or_create_webhooks(settings.ray_namespace, hooks, poster, opener)
+    ray.get(webhooks.health.remote())
+    # The analytics warehouse (Parquet under AGORA_WAREHOUSE_URL, default var/warehouse).
+    ray.get(analytics.start_warehouse(settings, host).health.remote())
 
 
 def audit_verify(
@@ -327,6 +363,7 @@ def _redact(url: str) -> str:
 
 
 def migrate(settings: Settings) -> None:
+    secretbox.ensure_master_key_file(settings)
     applied, _ = asyncio.run(_migrate_and_seed(service_urls(settings).database, 0))
     _say(f"migrations applied: {applied or 'none (up to date)'}")
 
@@ -386,6 +423,70 @@ def keys_rotate(settings: Settings) -> None:
     _say(f"new signing key {kid}; the previous one keeps verifying until its tokens expire")
 
 
+def backup_create(settings: Settings, out_dir: str | None) -> int:
+    """Flush the shards' write-behind when Agora runs, then write a backup directory."""
+    flushed = False
+    if infra.ray_running(settings):
+        try:
+            connect_ray(settings)
+            ops = ShardOps(shard_directory(settings))
+            rows = asyncio.run(asyncio.wait_for(ops.drain_all(SHARD_KINDS), 60))
+            _say(f"write-behind flushed: {rows} rows")
+            flushed = True
+        except Exception as exc:
+            _say(f"warning: flush failed ({type(exc).__name__}); the backup may miss the last"
+                 f" {settings.flush_interval_ms} ms of cart and stock changes")  # fmt: skip
+    target = Path(out_dir) if out_dir else settings.var_dir / "backups"
+    try:
+        path = asyncio.run(
+            backup.create(settings, service_urls(settings).database, target, flushed=flushed)
+        )
+    except backup.BackupError as exc:
+        _say(f"backup failed: {exc}")
+        return 1
+    files = json.loads((path / backup.MANIFEST).read_text())["files"]
+    _say(f"backup written: {path} ({', '.join(files)})")
+    return 0
+
+
+def backup_restore(settings: Settings, path: str) -> int:
+    """Restore a backup into a stopped Agora (embedded or AGORA_DATABASE_URL's PostgreSQL)."""
+    try:
+        restored = asyncio.run(backup.restore(settings, Path(path), settings.database_url))
+    except backup.BackupError as exc:
+        _say(f"restore refused: {exc}")
+        return 1
+    _say(f"restored: {', '.join(restored)}; start with `agora up` (it applies newer migrations)")
+    return 0
+
+
+def keys_rotate_master(settings: Settings) -> int:
+    """A new master key (key file mode), then every sealed secret re-sealed under it."""
+    try:
+        keys = (
+            secretbox.load_master_keys(settings)
+            if settings.master_key is not None
+            else secretbox.rotate_master_key_file(settings)
+        )
+    except secretbox.SecretsError as exc:
+        _say(f"rotation refused: {exc}")
+        return 1
+
+    async def run() -> dict[str, int]:
+        conn = await db.connect(service_urls(settings).database)
+        try:
+            async with conn.transaction():
+                return await secretbox.reseal_all(conn, keys)
+        finally:
+            await conn.close()
+
+    counts = asyncio.run(run())
+    _say(f"master key {keys.current_id}; re-sealed {sum(counts.values())} secrets: {counts}")
+    if settings.master_key is None:
+        _say(f"older keys stay in {settings.run_dir / secretbox.PREVIOUS_FILE} (older backups)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agora", description="Run and operate Agora.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -419,6 +520,21 @@ def main(argv: list[str] | None = None) -> int:
         dest="keys_command", required=True
     )
     keys_parser.add_parser("rotate", help="add a new signing key; the old one keeps verifying")
+    keys_parser.add_parser(
+        "rotate-master", help="new master key (key file) and every secret re-sealed under it"
+    )
+    backup_parser = sub.add_parser("backup", help="back up and restore the state").add_subparsers(
+        dest="backup_command", required=True
+    )
+    backup_new = backup_parser.add_parser(
+        "create", help="database, chain state, media and warehouse into one directory"
+    )
+    backup_new.add_argument("--out", help="parent directory (default var/backups)")
+    backup_back = backup_parser.add_parser(
+        "restore", help="verify a backup, then restore it (Agora must be stopped)"
+    )
+    backup_back.add_argument("path", help="an agora-backup-* directory")
+    analytics.add_parser(sub)
     search_parser = sub.add_parser("search", help="catalog search").add_subparsers(
         dest="search_command", required=True
     )
@@ -442,8 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         admin_create(settings, args.email, args.password_stdin, args.name)
     elif args.command == "audit":
         return audit_verify(settings, args.expect_seq, args.expect_hash, args.anchored)
+    elif args.command == "keys" and args.keys_command == "rotate-master":
+        return keys_rotate_master(settings)
     elif args.command == "keys":
         keys_rotate(settings)
+    elif args.command == "backup":
+        if args.backup_command == "create":
+            return backup_create(settings, args.out)
+        return backup_restore(settings, args.path)
+    elif args.command == "analytics":
+        return analytics.main(settings, args)
     elif args.command == "search":
         return reindex(settings)
     elif args.command == "models":

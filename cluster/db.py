@@ -8,12 +8,15 @@ from pathlib import Path
 
 import asyncpg
 
+from streams import tracing
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x4A60_0001
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    tracing.instrument_connection(conn)  # queries become spans of the trace that ran them
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:

@@ -8,9 +8,11 @@ recorded, by pid.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import hashlib
 import inspect
+import ipaddress
 import json
 import os
 import secrets
@@ -24,6 +26,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from cluster import haproxy_edge
 from cluster.services import pix_webhook_secret_file
@@ -502,7 +508,82 @@ def ray_env(settings: Settings) -> dict[str, str]:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(haproxy_shim(settings))
         env[haproxy_edge.HAPROXY_ENV] = haproxy_binary()
         env[haproxy_edge.BIND_HOST_ENV] = settings.haproxy_side_bind_host
+        if settings.tls_self_signed and not (settings.tls_cert or settings.tls_key):
+            cert, key = self_signed_certificate(settings.run_dir)
+            settings = settings.model_copy(update={"tls_cert": cert, "tls_key": key})
+        if settings.tls_cert or settings.tls_key:
+            env[haproxy_edge.TLS_BIND_ENV] = f"{settings.http_host}:{settings.tls_port}"
+            env[haproxy_edge.TLS_PEM_ENV] = str(write_tls_pem(settings))
+    elif settings.tls_cert or settings.tls_key or settings.tls_self_signed:
+        raise ValueError("AGORA_TLS_CERT needs HAProxy (AGORA_HAPROXY=true, /usr/sbin/haproxy)")
     return env
+
+
+def self_signed_certificate(directory: Path, days: int = 30) -> tuple[Path, Path]:
+    """``tls-self-signed.crt`` / ``.key`` in ``directory`` for localhost and 127.0.0.1 (P-256),
+    made again when missing or within a day of expiry; returns (certificate, key)."""
+    cert_path = directory / "tls-self-signed.crt"
+    key_path = directory / "tls-self-signed.key"
+    now = datetime.datetime.now(datetime.UTC)
+    if cert_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if current.not_valid_after_utc - now > datetime.timedelta(days=1):
+            return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path.with_suffix(".key.new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key_bytes)
+    key_path.with_suffix(".key.new").replace(key_path)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def write_tls_pem(settings: Settings) -> Path:
+    """AGORA_TLS_CERT and AGORA_TLS_KEY joined into the one PEM HAProxy reads (mode 600).
+
+    Checked first: a key that is not the certificate's would make HAProxy refuse to
+    start, and Serve would only say its proxy is unhealthy.
+    """
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("set both AGORA_TLS_CERT and AGORA_TLS_KEY (PEM files)")
+    chain = settings.tls_cert.read_bytes()
+    key_pem = settings.tls_key.read_bytes()
+    certificate = x509.load_pem_x509_certificate(chain)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, public
+    ) != key.public_key().public_bytes(serialization.Encoding.PEM, public):
+        raise ValueError("AGORA_TLS_KEY is not the key of AGORA_TLS_CERT's certificate")
+    target = settings.run_dir / "tls.pem"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name("tls.pem.new")
+    staging.unlink(missing_ok=True)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(chain.rstrip(b"\n") + b"\n" + key_pem)
+    staging.replace(target)
+    return target
 
 
 def haproxy_shim(settings: Settings) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,6 +137,22 @@ class Settings(BaseSettings):
     # loopback (Ray otherwise swaps 127.0.0.1 for the machine's address and binds
     # 0.0.0.0). A Ray cluster spanning machines sets it false on every node.
     ray_loopback_only: bool = True
+    # Secrets at rest (cluster/crypto/secretbox.py): base64 of 32 bytes. Unset: the
+    # key file ``agora up`` creates in var/run/master_key (one machine only).
+    # Previous keys (comma-separated) still open what they sealed, until
+    # ``agora keys rotate-master`` has re-sealed every row.
+    master_key: SecretStr | None = None
+    master_key_previous: SecretStr | None = None
+    # TLS at the edge (Ray Serve's HAProxy, cluster/haproxy_edge.py): with a PEM
+    # certificate (chain) and its key, HAProxy also listens with TLS on tls_port
+    # (host: http_host); the plain port stays for Ray's checks and local tools.
+    # Unset (the embedded default): no TLS. Needs HAProxy (AGORA_HAPROXY).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_port: int = 8443
+    # With no certificate set: make a self-signed one for localhost/127.0.0.1 in
+    # var/run (``AGORA_TLS_SELF_SIGNED=1 make run``; clients must trust it explicitly).
+    tls_self_signed: bool = False
     # HSTS is sent when the API is reached over TLS (or this is set).
     hsts_max_age_s: int = 31_536_000
     force_hsts: bool = False
@@ -154,7 +171,7 @@ class Settings(BaseSettings):
     # Models (issue 9): the FraudScorer and Recommender Serve deployments. The saga
     # waits fraud_model_budget_ms for the model, then screens with the rules.
     models_enabled: bool = True
-    fraud_model_budget_ms: int = Field(default=30, ge=1, le=10_000)
+    fraud_model_budget_ms: int = Field(default=60, ge=1, le=10_000)
     model_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime intra-op, per replica
     model_batch_max: int = Field(default=64, ge=1, le=1024)
     model_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -170,6 +187,42 @@ class Settings(BaseSettings):
     media_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     media_max_pixels: int = Field(default=40_000_000, ge=1, le=250_000_000)
     media_max_images: int = Field(default=20, ge=1, le=200)  # per product
+    # Where images are stored instead of media_dir: s3://bucket[/prefix]?endpoint=http://h:p
+    # (any S3-compatible store; credentials from the AWS_* env) or file:///dir.
+    # cluster.adapters.object_store.
+    media_url: str | None = None
+
+    # Analytics (issue 11): the Parquet warehouse (a directory or file:///dir; unset:
+    # var/warehouse; object stores are not supported yet), how often the consumer
+    # lands its journal and compacts day partitions, and product-view events (a
+    # bounded per-replica queue straight to Pulsar; overflow is dropped and counted).
+    warehouse_url: str | None = None
+    warehouse_flush_s: float = Field(default=1.0, gt=0, le=3600)
+    warehouse_compact_every_s: float = Field(default=300.0, gt=0)
+    views_enabled: bool = True
+    views_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
+    analytics_max_days: int = Field(default=3660, ge=1)  # the longest report range
+
+    @property
+    def warehouse_root(self) -> Path:
+        """The warehouse directory; an object-store URL is refused (not supported yet)."""
+        if not self.warehouse_url:
+            return self.var_dir / "warehouse"
+        url = self.warehouse_url.removeprefix("file://")
+        if "://" in url:
+            raise ValueError(f"AGORA_WAREHOUSE_URL {url.split('://')[0]}:// is not supported")
+        return Path(url)
+
+    # Tracing (issue 12): OpenTelemetry spans from every process `agora up` starts
+    # (streams/tracing.py). file: JSON lines under var/traces; console: the Ray
+    # worker logs; otlp: OTLP/HTTP to otlp_endpoint (a collector, Jaeger, Tempo).
+    tracing: Literal["off", "file", "console", "otlp"] = "file"
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces
+    trace_sample_ratio: float = Field(default=0.1, ge=0.0, le=1.0)  # of new traces
+
+    @property
+    def traces_dir(self) -> Path:
+        return self.var_dir / "traces"
 
     @property
     def media_root(self) -> Path:

@@ -1,10 +1,12 @@
-"""Search and suggest latency at 8 concurrent clients, against /healthz in the same run.
+"""Search and suggest latency at 1 and 8 concurrent clients, against /healthz in the same run.
 
     .venv/bin/python -m loadtests.bench_search [--url http://127.0.0.1:8000] [--seconds 10]
+        [--clients 1,8]
 
-Runs against a system ``agora up`` started (the demo catalog). Scenarios,
-interleaved in rounds so machine noise hits them alike, each with
-``--clients`` closed-loop clients:
+Runs against a system ``agora up`` started (the demo catalog). For each count
+in ``--clients`` (1 shows the floor of one request with no queueing; 8 is the
+issue's target), the scenarios are interleaved in rounds so machine noise hits
+them alike, each with that many closed-loop clients:
 
   * ``healthz``: the baseline, an answer with no work (proxy + Serve + FastAPI);
   * ``search (fresh)``: the judged queries and plain words, with filters, sorts
@@ -13,7 +15,8 @@ interleaved in rounds so machine noise hits them alike, each with
   * ``search (repeat)``: the same few queries over and over (cached bodies);
   * ``suggest``: prefixes of the judged queries, with typos.
 
-Prints p50/p95 per scenario and p95 as a multiple of healthz's p95.
+Prints p50/p95 per scenario and client count, p95 as a multiple of healthz's
+p95 at the same count, and p95 minus healthz's p95 (what the route itself adds).
 The 100,000-product figures come from ``loadtests.search_engines`` (same
 index, in process), since that catalog is not what ``agora up`` seeds.
 """
@@ -97,29 +100,49 @@ async def drive(
     return latencies
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    limits = httpx.Limits(max_connections=args.clients * 2)
-    async with httpx.AsyncClient(base_url=args.url, timeout=30, limits=limits) as client:
-        assert (await client.get("/readyz")).status_code == 200
-        samples: dict[str, list[float]] = {name: [] for name in scenarios()}
-        makers = scenarios()
-        for make in makers.values():  # warm every path once
-            await drive(client, make, args.clients, 0.5)
-        for _ in range(args.rounds):
-            for name, make in makers.items():
-                samples[name] += await drive(client, make, args.clients, args.seconds / args.rounds)
+async def measure(
+    client: httpx.AsyncClient, clients: int, seconds: float, rounds: int
+) -> dict[str, list[float]]:
+    """Latencies per scenario at ``clients`` concurrent clients, interleaved in rounds."""
+    makers = scenarios()
+    samples: dict[str, list[float]] = {name: [] for name in makers}
+    for make in makers.values():  # warm every path once
+        await drive(client, make, clients, 0.5)
+    for _ in range(rounds):
+        for name, make in makers.items():
+            samples[name] += await drive(client, make, clients, seconds / rounds)
+    return samples
+
+
+def report(clients: int, samples: dict[str, list[float]]) -> None:
     base = _pct(samples["healthz"], 0.95)
-    print(f"{args.clients} concurrent clients, {args.seconds:.0f} s per scenario, {args.url}")
-    print(f"{'scenario':18} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p95 / healthz p95':>18}")
+    print(f"\n{clients} concurrent client(s)")
+    print(
+        f"{'scenario':18} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8}"
+        f" {'p95 / healthz':>14} {'p95 - healthz':>14}"
+    )
     for name, values in samples.items():
         p50, p95 = statistics.median(values), _pct(values, 0.95)
-        print(f"{name:18} {len(values):8d} {p50:8.1f} {p95:8.1f} {p95 / base:18.2f}")
+        print(
+            f"{name:18} {len(values):8d} {p50:8.1f} {p95:8.1f} {p95 / base:14.2f}"
+            f" {p95 - base:11.1f} ms"
+        )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    counts = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    limits = httpx.Limits(max_connections=max(counts) * 2)
+    print(f"{args.seconds:.0f} s per scenario and client count, {args.url}")
+    async with httpx.AsyncClient(base_url=args.url, timeout=30, limits=limits) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        for clients in counts:
+            report(clients, await measure(client, clients, args.seconds, args.rounds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=5)
     asyncio.run(main_async(parser.parse_args()))

@@ -17,6 +17,7 @@ from serve.middleware import Guard
 from serve.models.deployments import model_deployments
 from serve.routers.admin import router as admin_router
 from serve.routers.admin_products import router as admin_products_router
+from serve.routers.analytics import router as analytics_router
 from serve.routers.audit import router as audit_router
 from serve.routers.auth import router as auth_router
 from serve.routers.cart import router as cart_router
@@ -30,11 +31,15 @@ from serve.routers.recommend import router as recommend_router
 from serve.routers.reviews import router as reviews_router
 from serve.routers.webhooks_admin import router as webhooks_admin_router
 from serve.runtime import runtime
+from streams import tracing
 
 api = FastAPI(
     title="Agora",
     version="1.0.0",
     description="Actor-based e-commerce backend. Errors are RFC 9457 problem+json.",
+    # FastAPI's own OpenTelemetry would add a second server span (with the query string)
+    # once streams.tracing installs a provider: serve.middleware owns the request's span.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
 )
 problems.install(api)
 api.add_middleware(Guard)
@@ -49,6 +54,7 @@ for router in (
     admin_router,
     audit_router,
     webhooks_admin_router,
+    analytics_router,
     recommend_router,
     reviews_router,
     admin_products_router,
@@ -70,6 +76,8 @@ class Api:
     def __init__(self, *models: Any) -> None:
         # ``models``: the FraudScorer and Recommender handles, bound so that they
         # deploy with the API; callers reach them by name (serve.models.deployments).
+        # Before the runtime opens its pool: its connections record queries when tracing is on.
+        tracing.setup(tracing.TracingConfig.from_env(), "agora-api")
         self.rt = runtime()
         self.models = models
 

@@ -5,7 +5,8 @@ Body size limit; no control characters in the path, the query or a header
 rate limit; security headers on every response (``security_headers``); a
 server-side deadline (``request_deadline_s``: a request still unanswered then
 gets a 503 problem with Retry-After, so a stalled dependency never holds
-clients forever); request metrics.
+clients forever); request metrics; with tracing on, a server span per request
+(honouring an incoming ``traceparent``) and ``X-Trace-Id`` on the response.
 
 No ``from __future__ import annotations``: kept like the routers for uniformity.
 """
@@ -20,6 +21,7 @@ import uuid
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from ray.serve.context import _get_serve_request_context
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +30,7 @@ from starlette.requests import Request
 from serve import logs, problems
 from serve.ratelimit import LeasedLimiter, Limit, client_ip, lease_units, trusted_networks
 from serve.runtime import runtime
+from streams import tracing
 
 REQUESTS = Counter("agora_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -164,6 +167,12 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled():
+            await _traced(self._guarded, scope, receive, send)
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # Under Serve, Serve's request id (the client's X-Request-ID when it sent one),
         # which Serve puts on the response itself; elsewhere our own.
         serve_rid = serve_request_id()
@@ -251,6 +260,44 @@ class Guard:
             LATENCY.labels(path).observe(took)
             if ACCESS.isEnabledFor(logging.INFO):
                 _access_log(scope, rid, path, status, took)
+
+
+async def _traced(guarded: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Run the request in a server span (child of an incoming W3C ``traceparent``).
+
+    The response names the trace in ``X-Trace-Id``. Attributes: method, path,
+    route, status and request id; never a header, the query string or a body.
+    """
+    status = 500
+    with tracing.span(
+        f"{scope['method']} {scope['path']}",
+        kind=SpanKind.SERVER,
+        parent=tracing.extract_asgi(scope.get("headers", [])),
+        attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
+    ) as current:
+        trace_id = tracing.trace_id_hex(current)
+        header = [(b"x-trace-id", trace_id.encode())] if trace_id else []
+
+        async def send_traced(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *header]}
+            await send(message)
+
+        try:
+            await guarded(scope, receive, send_traced)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                current.update_name(f"{scope['method']} {route}")
+                current.set_attribute("http.route", route)
+            current.set_attribute("http.response.status_code", status)
+            rid = scope.get("state", {}).get("request_id")
+            if rid:
+                current.set_attribute("agora.request_id", rid)
+            if status >= 500:
+                current.set_status(Status(StatusCode.ERROR))
 
 
 def _access_log(scope: dict[str, Any], rid: str, route: str, status: int, took: float) -> None:

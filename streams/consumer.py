@@ -44,7 +44,9 @@ from functools import partial
 import asyncpg
 import msgspec
 import pulsar
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from streams import tracing
 from streams.events import Envelope, decode
 from streams.outbox import pulsar_logger
 
@@ -123,6 +125,7 @@ class IdempotentConsumer(abc.ABC):
     async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
         """Apply ``envelope`` unless it was applied before; True when it was applied now."""
         async with pool.acquire() as conn, conn.transaction():
+            tracing.instrument_connection(conn)  # once per connection (a set of loggers)
             if await conn.fetchval(_CLAIM_EVENT, self.name, envelope.id) is None:
                 return False
             await self.apply(conn, envelope)
@@ -137,6 +140,7 @@ class IdempotentConsumer(abc.ABC):
         subscription_initial_position: pulsar.InitialPosition = pulsar.InitialPosition.Earliest,
     ) -> None:
         """Consume the topics until ``stop_event`` is set."""
+        tracing.setup(tracing.TracingConfig.from_env(), f"agora-consumer-{self.name}")
         loop = asyncio.get_running_loop()
         client = pulsar.Client(
             pulsar_url,
@@ -221,7 +225,7 @@ class IdempotentConsumer(abc.ABC):
             log.warning("%s: undecodable message on %s", self.name, message.topic_name())
             reason = f"undecodable: {exc}"
         else:
-            failure = await self._apply_with_retries(pool, envelope, stop_event)
+            failure = await self._apply_traced(pool, envelope, stop_event)
             if failure is None:
                 consumer.acknowledge(message)
                 return
@@ -236,6 +240,30 @@ class IdempotentConsumer(abc.ABC):
             consumer.negative_acknowledge(message)
             return
         consumer.acknowledge(message)
+
+    async def _apply_traced(
+        self, pool: asyncpg.Pool, envelope: Envelope, stop_event: asyncio.Event
+    ) -> str | None:
+        """``_apply_with_retries`` in a span continuing the producer's trace, if it had one."""
+        parent = tracing.event_context(envelope)
+        if parent is None:
+            return await self._apply_with_retries(pool, envelope, stop_event)
+        attributes = {
+            "messaging.system": "pulsar",
+            "messaging.consumer.group.name": self.name,
+            "messaging.message.id": envelope.id,
+            "agora.event.type": envelope.type,
+        }
+        with tracing.span(
+            f"{self.name} consume {envelope.type}",
+            kind=SpanKind.CONSUMER,
+            parent=parent,
+            attributes=attributes,
+        ) as current:
+            failure = await self._apply_with_retries(pool, envelope, stop_event)
+            if failure is not None:
+                current.set_status(Status(StatusCode.ERROR, failure[:200]))
+            return failure
 
     async def _apply_with_retries(
         self, pool: asyncpg.Pool, envelope: Envelope, stop_event: asyncio.Event

@@ -25,7 +25,12 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """What travels on Pulsar: ``key`` is the aggregate id and the message key."""
+    """What travels on Pulsar: ``key`` is the aggregate id and the message key.
+
+    ``trace_id`` (32 hex digits) and ``span_id`` (16) name the OpenTelemetry span
+    that produced the event, set when it was made inside a sampled trace
+    (``streams.tracing.stamp``), so a consumer continues that trace.
+    """
 
     id: str
     type: str
@@ -34,6 +39,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     trace_id: str | None = None
     payload: dict[str, Any] = {}
+    span_id: str | None = None
 
 
 class EventType(msgspec.Struct, frozen=True):
@@ -97,6 +103,10 @@ SEARCH_REINDEX_REQUESTED = _declare("search.reindex_requested", 1, "catalog")
 AUTH_PASSWORD_CHANGED = _declare("auth.password_changed", 1, "auth")
 ORDER_AWAITING_PAYMENT = _declare("order.awaiting_payment", 1, "orders")
 ADMIN_ACTION = _declare("admin.action", 1, "admin")
+# Analytics (issue 11): a product page was read (API, fire-and-forget, may be dropped);
+# {sku, visitor ("user:<id>" or the anonymous cart id, or null), user_id}. Its own
+# topic, so the replicas following "catalog" never see the view traffic.
+PRODUCT_VIEWED = _declare("product.viewed", 1, "views")
 
 
 def topic_for(event_type: str, tenant: str = "agora", namespace: str = "events") -> str:

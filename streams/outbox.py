@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,13 @@ from functools import partial
 from typing import Any
 
 import asyncpg
+import msgspec
 import pulsar
 import ray
+from opentelemetry.trace import SpanKind
+
+from streams import tracing
+from streams.events import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +155,7 @@ async def publish_pending(pool: asyncpg.Pool, producer_for: ProducerFor, batch_s
         rows = await conn.fetch(_CLAIM, batch_size)
         if not rows:
             return 0
+        started_ns = time.time_ns()
         producers: dict[str, pulsar.Producer] = {}
         for topic in sorted({row["topic"] for row in rows}):
             try:
@@ -170,9 +177,39 @@ async def publish_pending(pool: asyncpg.Pool, producer_for: ProducerFor, batch_s
             errors.append(f"broker refused: {', '.join(sorted(refused))}")
         if sent:
             await conn.execute(_MARK_SENT, sent)
+    if tracing.enabled():
+        _trace_published(outgoing, results, started_ns)
     if errors:
         raise OutboxPublishError(len(sent), len(rows) - len(sent), "; ".join(errors))
     return len(sent)
+
+
+def _trace_published(
+    rows: Sequence[asyncpg.Record], results: Sequence[pulsar.Result | None], started_ns: int
+) -> None:
+    """A producer span per published traced event, in the trace of the change that made it."""
+    ended_ns = time.time_ns()
+    for row, result in zip(rows, results, strict=True):
+        try:
+            envelope = msgspec.json.decode(row["envelope"], type=Envelope)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            continue
+        parent = tracing.event_context(envelope)
+        if parent is None:
+            continue
+        tracing.record_span(
+            f"outbox publish {envelope.type}",
+            parent,
+            started_ns,
+            ended_ns,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "pulsar",
+                "messaging.destination.name": row["topic"],
+                "messaging.message.id": envelope.id,
+            },
+            error=None if result == pulsar.Result.Ok else str(result),
+        )
 
 
 class OutboxRelay:
@@ -190,6 +227,7 @@ class OutboxRelay:
         self._sent_total = 0
         self._last_error: str | None = None
         if _inside_ray_actor():
+            tracing.setup(tracing.TracingConfig.from_env(), "agora-outbox")
             # Ray runs an async actor's __init__ inside its event loop, so a restarted
             # relay resumes publishing before anyone calls it.
             self._ensure_running()

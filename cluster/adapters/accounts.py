@@ -13,7 +13,10 @@ from typing import Any
 
 from actors.writebehind import insert_outbox
 from cluster.adapters import reviews
+from cluster.crypto import secretbox
 from streams.events import Envelope
+
+MFA_CONTEXT = secretbox.MFA
 
 
 async def emit(conn: Any, event: Envelope, tenant: str, namespace: str) -> None:
@@ -41,7 +44,7 @@ async def login_by_email(conn: Any, email: str) -> dict[str, Any] | None:
         " WHERE email = $1 AND erased_at IS NULL",
         email,
     )
-    return None if row is None else dict(row)
+    return None if row is None else _opened(dict(row), row["user_id"])
 
 
 async def roles_of(conn: Any, user_id: str) -> list[str] | None:
@@ -59,7 +62,7 @@ async def mfa_state(conn: Any, user_id: str) -> dict[str, Any] | None:
         " WHERE user_id = $1 AND erased_at IS NULL",
         user_id,
     )
-    return None if row is None else dict(row)
+    return None if row is None else _opened(dict(row), user_id)
 
 
 async def advance_totp_step(conn: Any, user_id: str, step: int) -> bool:
@@ -90,7 +93,7 @@ async def start_mfa(conn: Any, user_id: str, secret: str) -> str | None:
         "UPDATE users SET mfa_pending_secret = $2, updated_at = now()"
         " WHERE user_id = $1 AND mfa_secret IS NULL RETURNING email",
         user_id,
-        secret,
+        secretbox.seal(secret, MFA_CONTEXT, user_id),
     )
 
 
@@ -100,7 +103,15 @@ async def pending_mfa(conn: Any, user_id: str) -> dict[str, Any] | None:
         "SELECT mfa_pending_secret, mfa_secret FROM users WHERE user_id = $1 FOR UPDATE",
         user_id,
     )
-    return None if row is None else dict(row)
+    return None if row is None else _opened(dict(row), user_id)
+
+
+def _opened(row: dict[str, Any], user_id: str) -> dict[str, Any]:
+    """The row with its TOTP secrets opened (sealed at rest: cluster/crypto/secretbox.py)."""
+    for column in ("mfa_secret", "mfa_pending_secret"):
+        if column in row:
+            row[column] = secretbox.open_optional(row[column], MFA_CONTEXT, user_id)
+    return row
 
 
 async def confirm_mfa(conn: Any, user_id: str, step: int, code_hashes: list[str]) -> None:

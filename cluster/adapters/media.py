@@ -20,8 +20,9 @@ of the SHA-256 of the upload: the same upload makes the same files, so a name
 never changes meaning and is served as immutable.
 
 ``LocalMediaStore`` keeps them under ``var/media/`` (local only: several API
-replicas on one machine share the directory; a multi-machine deployment needs a
-shared volume there). ``put`` writes all files or none.
+replicas on one machine share the directory). ``put`` writes all files or none.
+Any S3-compatible store is the other implementation of the same port
+(``cluster.adapters.object_store``), chosen by ``AGORA_MEDIA_URL``.
 """
 
 from __future__ import annotations
@@ -180,6 +181,28 @@ class LocalMediaStore:
             return None
         path = self.root / name
         return path if path.is_file() else None
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+    def has(self, name: str) -> bool:
+        return self.path_of(name) is not None
+
+    def names(self) -> set[str]:
+        """Every stored media name (for checks and clean-ups, not for requests)."""
+        if not self.root.is_dir():
+            return set()
+        return {p.name for p in self.root.iterdir() if NAME.match(p.name)}
+
+    def get(self, name: str) -> bytes | None:
+        """The stored bytes of ``name`` (None: not a name we issue, or not stored)."""
+        path = self.path_of(name)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def put(self, files: dict[str, bytes]) -> list[str]:
         """Store ``files``; the names this call created (for ``remove`` if the caller's

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 
+from streams import tracing
+
 log = logging.getLogger(__name__)
 
 PROVIDER = "pix"
@@ -151,10 +153,13 @@ class PixGateway:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
+        url = self._api_base + path
         try:
-            async with self._http.post(self._api_base + path, json=body) as reply:
-                answer = await reply.json(content_type=None)
-                status = reply.status
+            with tracing.http_call("pix", "POST", url) as (current, headers):
+                async with self._http.post(url, json=body, headers=headers) as reply:
+                    answer = await reply.json(content_type=None)
+                    status = reply.status
+                current.set_attribute("http.response.status_code", status)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PixUnavailable(f"Pix PSP unavailable: {type(exc).__name__}") from exc
         if status in (400, 409, 422):

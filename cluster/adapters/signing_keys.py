@@ -2,8 +2,9 @@
 
 The newest key signs; every key not retired for longer than an access-token
 lifetime (plus leeway) still verifies, so a rotation never logs anyone out.
-Private keys live in the ``signing_keys`` table (production: a KMS; see
-docs/DECISIONS.md) and never leave the server; JWKS publishes public parts.
+Private keys live in the ``signing_keys`` table sealed under the master key
+(cluster/crypto/secretbox.py; production: a KMS, see docs/DECISIONS.md) and
+never leave the server; JWKS publishes public parts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import time
 from typing import Any
 
 from actors.session.keyring import SigningKey, generate_key, key_from_row, key_to_row
+from cluster.crypto import secretbox
+
+CONTEXT = secretbox.SIGNING_KEY
 
 
 async def ensure_key(conn: Any) -> None:
@@ -38,7 +42,7 @@ async def _insert(conn: Any, key: SigningKey) -> None:
     await conn.execute(
         "INSERT INTO signing_keys (kid, private_pem, public_jwk) VALUES ($1, $2, $3::text::jsonb)",
         kid,
-        pem.decode(),
+        secretbox.seal(pem.decode(), CONTEXT, kid),
         jwk_json,
     )
 
@@ -56,7 +60,10 @@ async def load(conn: Any, verify_window_s: int) -> tuple[SigningKey, list[Signin
         raise LookupError("no signing key: run `agora up`")
     keys = [
         key_from_row(
-            r["kid"], r["private_pem"].encode(), r["jwk"], int(r["created_at"].timestamp())
+            r["kid"],
+            secretbox.open_secret(r["private_pem"], CONTEXT, r["kid"]).encode(),
+            r["jwk"],
+            int(r["created_at"].timestamp()),
         )
         for r in rows
     ]

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -45,6 +46,7 @@ from stripe.params import PaymentIntentCreateParams
 
 from actors.order.model import Charge, Refund
 from actors.order.ports import PaymentGateway
+from streams import tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,18 @@ def _provider_error(exc: stripe.StripeError) -> str:
     )
 
 
+class _TracedHTTPClient(stripe.AIOHTTPClient):
+    """Stripe's aiohttp client, each call a client span with ``traceparent`` (when traced)."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        with tracing.http_call(PROVIDER, method, url) as (current, extra):
+            reply = await super().request_async(method, url, {**headers, **extra}, post_data)
+            current.set_attribute("http.response.status_code", reply[1])
+            return reply
+
+
 class StripeCardGateway(PaymentGateway):
     """Card charges and refunds on a Stripe-compatible API, idempotent by our own key."""
 
@@ -116,7 +130,7 @@ class StripeCardGateway(PaymentGateway):
         if cards_only is None:
             cards_only = (urlsplit(self._api_base).hostname or "").endswith("stripe.com")
         self._cards_only = cards_only
-        self._http = stripe.AIOHTTPClient(timeout=timeout_s)
+        self._http = _TracedHTTPClient(timeout=timeout_s)
         self._client = stripe.StripeClient(
             secret,
             base_addresses={"api": self._api_base},

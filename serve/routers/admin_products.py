@@ -14,11 +14,12 @@ No ``from __future__ import annotations``: FastAPI must see real annotations.
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import Field
 
 from actors.messages import now_ms
 from actors.writebehind import insert_outbox
+from cluster import category_schema
 from serve.auth.principal import ADMIN, Admin
 from serve.problems import Problem
 from serve.routers.audit import record_admin_action
@@ -81,6 +82,15 @@ def _render(row: Any) -> dict[str, Any]:
     }
 
 
+def _conform(category: str, attributes: dict[str, Any], where: str) -> None:
+    """422 naming every attribute that breaks the category's schema (cluster.category_schema)."""
+    errors = category_schema.check(category, attributes, where=where)
+    if errors:
+        raise Problem(
+            422, "validation", "The attributes do not fit the category's schema.", errors=errors
+        )
+
+
 async def emit_product_event(
     rt: Runtime, conn: Any, kind: EventType, sku: str, fields: list[str]
 ) -> None:
@@ -96,7 +106,9 @@ async def emit_product_event(
     responses={409: {"description": "the SKU exists"}},
 )
 async def create_product(body: NewProduct, admin: Admin) -> dict[str, Any]:
-    """Create a product -> 201 the product (out of stock until stock is set)."""
+    """Create a product -> 201 the product (out of stock until stock is set). ``attributes``
+    must fit the category's schema (``GET /v1/admin/categories/{category}/schema``)."""
+    _conform(body.category, body.attributes, "body.attributes")
     rt = await runtime().ready()
     async with rt.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -130,10 +142,24 @@ async def create_product(body: NewProduct, admin: Admin) -> dict[str, Any]:
     responses={404: {"description": "no such product"}},
 )
 async def change_product(sku: Sku, body: ProductChange, admin: Admin) -> dict[str, Any]:
-    """Change any of name, description, category, price, attributes, weight_g."""
+    """Change any of name, description, category, price, attributes, weight_g.
+    ``attributes`` replaces the whole set; the result must fit the (new) category's schema."""
     fields = sorted(body.model_fields_set)
     rt = await runtime().ready()
     async with rt.pool.acquire() as conn, conn.transaction():
+        if body.category is not None or body.attributes is not None:
+            # The row is locked so a concurrent change cannot slip a misfit past this check.
+            current = await conn.fetchrow(
+                "SELECT category, attributes::text AS a FROM products"
+                " WHERE sku = $1 AND retired_at IS NULL FOR UPDATE",
+                sku,
+            )
+            if current is None:
+                raise Problem(404, "not-found", "No such product.")
+            if body.attributes is not None:
+                _conform(body.category or current["category"], body.attributes, "body.attributes")
+            else:  # a new category: the attributes the product keeps must fit it
+                _conform(body.category or "", json.loads(current["a"]), "attributes")
         price = body.price
         row = await conn.fetchrow(
             "UPDATE products SET"
@@ -185,3 +211,18 @@ async def retire_product(sku: Sku, admin: Admin) -> Response:
         await emit_product_event(rt, conn, PRODUCT_DELETED, sku, ["retired_at"])
         await record_admin_action(rt, admin, "product.retire", sku, conn=conn)
     return Response(status_code=204)
+
+
+@router.get(
+    "/v1/admin/categories/{category}/schema",
+    openapi_extra=ADMIN,
+    responses={404: {"description": "no such category"}},
+)
+async def category_attribute_schema(
+    category: Annotated[str, Path(pattern=r"^[a-z0-9-]{1,40}$")], _admin: Admin
+) -> dict[str, Any]:
+    """The attributes a product of ``category`` may carry: type and allowed values."""
+    shown = category_schema.describe(category)
+    if shown is None:
+        raise Problem(404, "not-found", "No such category.")
+    return shown

@@ -31,6 +31,7 @@ from serve.problems import Problem
 from serve.runtime import runtime
 from serve.schemas import Product, ProductPage, money
 from serve.search.index import Filters
+from serve.views import record_view
 
 router = APIRouter(tags=["catalog"])
 
@@ -135,13 +136,8 @@ def product_item(
 
 def rating_of(catalog: CatalogState, sku: str) -> dict[str, Any]:
     """The product's review rating as the replica's index holds it."""
-    slot = catalog.index.slot_of.get(sku)
-    if slot is None:
-        return {"average": 0.0, "count": 0}
-    return {
-        "average": round(float(catalog.index.rating[slot]), 2),
-        "count": int(catalog.index.rating_count[slot]),
-    }
+    average, count = catalog.index.rating_of(sku)
+    return {"average": round(average, 2), "count": count}
 
 
 def _attribute_filters(request: Request) -> dict[str, set[str]]:
@@ -209,8 +205,7 @@ async def list_products(
         filters = Filters(category, min_price, max_price, attributes)
         result = index.search(query, filters, sort, limit + 1, after)
         items = []
-        for slot in result.slots[:limit]:
-            sku = index.skus[slot]
+        for sku in result.skus[:limit]:
             facts = catalog.products.get(sku)
             if facts is None:  # dropped by a product event, its re-read not landed yet
                 found = await catalog.product(sku)
@@ -219,9 +214,9 @@ async def list_products(
                 available = catalog.available.get(sku, 0)
                 items.append(product_item(facts, available, rating_of(catalog, sku)))
         next_cursor = None
-        if len(result.slots) > limit:
+        if len(result.skus) > limit:
             last = limit - 1
-            next_cursor = _encode_cursor(sort, result.keys[last], index.skus[result.slots[last]])
+            next_cursor = _encode_cursor(sort, result.keys[last], result.skus[last])
         body = msgspec.json.encode(
             {"items": items, "next_cursor": next_cursor, "facets": result.facets}
         )
@@ -271,6 +266,7 @@ async def get_product(request: Request, sku: str) -> Any:
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
         cached = (facts, in_stock, body, etag)
         _pages[sku] = cached
+    record_view(runtime(), request, sku)  # fire-and-forget to Pulsar (serve.views)
     return _respond(request, cached[2], cached[3])
 
 

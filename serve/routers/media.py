@@ -10,20 +10,25 @@ uploaded twice to a product is the same entry (200, no duplicate).
 
 ``GET /media/{name}`` serves the files: names are content-addressed, so they
 are ``immutable`` for a year, with a strong ETag (the name) and 304 on
-``If-None-Match``.
+``If-None-Match``. The files live in the store ``AGORA_MEDIA_URL`` names
+(``cluster.adapters.object_store``: ``var/media`` or any S3-compatible
+bucket); with S3 the API still serves them itself, with the same headers,
+rather than redirecting (docs/DECISIONS.md, "Media in S3").
 
 No ``from __future__ import annotations``: FastAPI must see real annotations.
 """
 
 import asyncio
+import functools
 import json
+import pathlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.adapters import media
+from cluster.adapters import media, object_store
 from serve.auth.principal import ADMIN, PUBLIC, Admin
 from serve.problems import Problem
 from serve.routers.admin_products import emit_product_event
@@ -53,8 +58,15 @@ _UPLOAD_DOC = {
 }
 
 
-def _store() -> media.LocalMediaStore:
-    return media.LocalMediaStore(runtime().settings.media_root)
+@functools.cache
+def _open(url: str | None, root: pathlib.Path) -> object_store.MediaStore:
+    return object_store.open_store(url, root)
+
+
+def _store() -> object_store.MediaStore:
+    """The replica's one store (one boto3 client and its connection pool for S3)."""
+    s = runtime().settings
+    return _open(s.media_url, s.media_root)
 
 
 async def _upload_bytes(request: Request, max_bytes: int) -> bytes:
@@ -169,16 +181,20 @@ async def upload_image(
 )
 async def get_media(name: Annotated[str, Path(max_length=64)], request: Request) -> Response:
     """A product image file (content-addressed: cached for a year, immutable)."""
-    path = _store().path_of(name)
-    if path is None:
+    if not media.NAME.match(name):
         raise Problem(404, "not-found", "No such media file.")
+    store = _store()
     etag = '"' + name.split(".", 1)[0] + '"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
     if (
         etag in request.headers.get("if-none-match", "")
         or request.headers.get("if-none-match", "").strip() == "*"
     ):
+        if not await asyncio.to_thread(store.has, name):
+            raise Problem(404, "not-found", "No such media file.")
         return Response(status_code=304, headers=headers)
-    body = await asyncio.to_thread(path.read_bytes)
+    body = await asyncio.to_thread(store.get, name)
+    if body is None:
+        raise Problem(404, "not-found", "No such media file.")
     ext = name.rsplit(".", 1)[1]
     return Response(body, media_type=media.CONTENT_TYPES[ext], headers=headers)

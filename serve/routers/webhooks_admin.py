@@ -18,6 +18,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from cluster.adapters.webhook_delivery import refusal
+from cluster.crypto import secretbox
 from serve.auth.principal import ADMIN, Admin
 from serve.cursors import decode_cursor, encode_cursor
 from serve.problems import Problem
@@ -122,7 +123,7 @@ async def create_webhook(body: NewWebhook, admin: Admin) -> Any:
             webhook_id,
             body.url.strip(),
             events,
-            body.secret,
+            secretbox.seal(body.secret, secretbox.WEBHOOK_SECRET, webhook_id),
             admin.user_id,
         )
         details = {"url": body.url.strip(), "events": events}

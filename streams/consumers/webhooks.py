@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,6 +83,11 @@ class WebhookPoster(Protocol):
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult: ...
 
 
+# (stored secret, webhook_id) -> the secret: the stored value is sealed at rest by the
+# cluster layer, which injects the opener (cluster/crypto/secretbox.py).
+SecretOpener = Callable[[str, str], str]
+
+
 @dataclass(frozen=True)
 class WebhooksConfig:
     database_url: str
@@ -131,7 +136,7 @@ class WebhookConsumer(IdempotentConsumer):
 
 _CLAIM = """
 SELECT d.delivery_id, d.event_id, d.event_type, d.body, d.attempts, d.created_at,
-       w.url, w.secret, w.deleted_at
+       d.webhook_id, w.url, w.secret, w.deleted_at
 FROM webhook_deliveries d JOIN webhooks w USING (webhook_id)
 WHERE d.status = 'pending' AND d.next_attempt_at <= now()
 ORDER BY d.next_attempt_at, d.delivery_id
@@ -145,15 +150,23 @@ def backoff_s(attempts: int, config: WebhooksConfig) -> float:
     return delay * (1 + random.random() / 10)  # jitter, not security
 
 
+def _as_stored(stored: str, _webhook_id: str) -> str:
+    return stored
+
+
 async def deliver_due(
-    pool: asyncpg.Pool, poster: WebhookPoster, config: WebhooksConfig, limit: int = 20
+    pool: asyncpg.Pool,
+    poster: WebhookPoster,
+    config: WebhooksConfig,
+    limit: int = 20,
+    opener: SecretOpener = _as_stored,
 ) -> int:
     """Post due deliveries (concurrently, rows locked meanwhile); returns how many succeeded."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(_CLAIM, limit)
         if not rows:
             return 0
-        results = await asyncio.gather(*(_post(poster, row) for row in rows))
+        results = await asyncio.gather(*(_post(poster, row, opener) for row in rows))
         delivered = 0
         now = time.time()
         for row, result in zip(rows, results, strict=True):
@@ -190,17 +203,21 @@ async def deliver_due(
         return delivered
 
 
-async def _post(poster: WebhookPoster, row: Mapping[str, Any]) -> PostResult:
+async def _post(poster: WebhookPoster, row: Mapping[str, Any], opener: SecretOpener) -> PostResult:
     if row["deleted_at"] is not None:
         return PostResult(None, "webhook deleted")
     body = row["body"].encode()
+    try:
+        secret = opener(row["secret"], row["webhook_id"])
+    except Exception as exc:  # a secret that cannot be opened: never post unsigned
+        return PostResult(None, f"secret: {type(exc).__name__}")
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Agora-Webhooks/1",
         "Agora-Event-Id": str(row["event_id"]),
         "Agora-Event-Type": row["event_type"],
         "Agora-Delivery-Id": str(row["delivery_id"]),
-        "Agora-Signature": signature_header(row["secret"], body, int(time.time())),
+        "Agora-Signature": signature_header(secret, body, int(time.time())),
     }
     try:
         return await poster.post(row["url"], body, headers)
@@ -211,9 +228,12 @@ async def _post(poster: WebhookPoster, row: Mapping[str, Any]) -> PostResult:
 class WebhooksHost:
     """Runs the webhook consumer and the delivery loop; restarted with the actor."""
 
-    def __init__(self, config: WebhooksConfig, poster: WebhookPoster) -> None:
+    def __init__(
+        self, config: WebhooksConfig, poster: WebhookPoster, opener: SecretOpener = _as_stored
+    ) -> None:
         self._config = config
         self._poster = poster
+        self._opener = opener
         self._consumer = WebhookConsumer(config)
         self._pool: asyncpg.Pool | None = None
         self._stop = asyncio.Event()
@@ -279,7 +299,7 @@ class WebhooksHost:
         while not self._stop.is_set():
             try:
                 self._delivered += await deliver_due(
-                    await self._connect(), self._poster, self._config
+                    await self._connect(), self._poster, self._config, opener=self._opener
                 )
             except asyncio.CancelledError:
                 raise
@@ -300,13 +320,18 @@ def webhooks_actor_name() -> str:
     return "agora:webhooks:0"
 
 
-def get_or_create_webhooks(namespace: str, config: WebhooksConfig, poster: WebhookPoster) -> Any:
+def get_or_create_webhooks(
+    namespace: str,
+    config: WebhooksConfig,
+    poster: WebhookPoster,
+    opener: SecretOpener = _as_stored,
+) -> Any:
     handle: Any = WebhooksActor.options(  # type: ignore[attr-defined]
         name=webhooks_actor_name(),
         namespace=namespace,
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
-    ).remote(config, poster)
+    ).remote(config, poster, opener)
     handle.start.remote()
     return handle

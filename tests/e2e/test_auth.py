@@ -28,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cluster.crypto import secretbox
 from tests.conftest import eventually
 from tests.e2e.problems import assert_problem
 
@@ -553,7 +554,9 @@ async def test_totp_enrolment_login_replay_and_recovery_codes(http, db):
     secret_now = await db.fetchval(
         "SELECT mfa_secret FROM users WHERE user_id = $1", account.user_id
     )
-    assert secret_now == secret
+    # Sealed at rest (cluster/crypto/secretbox.py): never the plaintext in the column.
+    assert secret not in secret_now
+    assert secretbox.open_secret(secret_now, secretbox.MFA, account.user_id) == secret
 
 
 # --- 6. brute force ------------------------------------------------------------------

@@ -10,6 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from cluster.adapters.object_store import open_store
 from tests.e2e.problems import assert_problem
 from tests.e2e.shoppers import auth, new_admin, new_shopper
 
@@ -52,8 +53,8 @@ def _upload(http, sku, data, headers, name="photo.jpg", ctype="image/jpeg"):
 
 
 def _stored(settings) -> set[str]:
-    root = settings.media_root
-    return {p.name for p in root.iterdir()} if root.exists() else set()
+    """What the store the system uses (AGORA_MEDIA_URL: var/media or a bucket) holds."""
+    return open_store(settings.media_url, settings.media_root).names()
 
 
 async def _within(check, seconds: float = 2.0) -> None:

@@ -28,7 +28,7 @@ def _body(sku: str, word: str) -> dict:
         "description": "A lantern for the trail, made for tests.",
         "category": "sports",
         "price": {"amount": 12_990, "currency": "BRL"},
-        "attributes": {"brand": "Quokka", "colour": "olive", "waterproof": True},
+        "attributes": {"brand": "Quokka", "colour": "olive", "level": "beginner"},
     }
 
 
@@ -122,3 +122,58 @@ def test_bad_patches_are_422(http, admin):
         reply = http.patch("/v1/admin/products/ELE-000001", json=change, headers=admin)
         assert_problem(reply, 422)
     assert_problem(http.patch("/v1/admin/products/no%20such", json={}, headers=admin), 422)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"attributes": {"waterproof": True}}, "body.attributes.waterproof"),
+        ({"attributes": {"level": "expert"}}, "body.attributes.level"),
+        ({"attributes": {"brand": 12}}, "body.attributes.brand"),
+        ({"category": "shoes", "attributes": {"size": "42"}}, "body.attributes.size"),
+        ({"category": "shoes", "attributes": {"size": 42.0}}, "body.attributes.size"),
+        ({"category": "beauty", "attributes": {"vegan": "yes"}}, "body.attributes.vegan"),
+        ({"category": "no-such-category", "attributes": {}}, "body.category"),
+    ],
+)
+def test_attributes_that_break_the_category_schema_are_422_per_field(http, admin, change, field):
+    body = {**_body(_new_sku(), "schema"), **change}
+    reply = http.post("/v1/admin/products", json=body, headers=admin)
+    assert_problem(reply, 422)
+    assert field in [e["field"] for e in reply.json()["errors"]]
+    assert http.get(f"/v1/products/{body['sku']}").status_code == 404
+
+
+def test_patches_are_checked_against_the_resulting_category(http, admin):
+    sku = _new_sku()
+    assert (
+        http.post("/v1/admin/products", json=_body(sku, "patch"), headers=admin).status_code == 201
+    )
+    bad = http.patch(
+        f"/v1/admin/products/{sku}", json={"attributes": {"level": "pro"}}, headers=admin
+    )
+    assert_problem(bad, 422)
+    assert [e["field"] for e in bad.json()["errors"]] == ["body.attributes.level"]
+    # Moving to shoes while keeping sports' "level" does not fit shoes: refused, nothing changed.
+    moved = http.patch(f"/v1/admin/products/{sku}", json={"category": "shoes"}, headers=admin)
+    assert_problem(moved, 422)
+    assert "attributes.level" in [e["field"] for e in moved.json()["errors"]]
+    ok = http.patch(
+        f"/v1/admin/products/{sku}",
+        json={"category": "shoes", "attributes": {"size": 41, "gender": "unisex"}},
+        headers=admin,
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["category"] == "shoes"
+    assert ok.json()["attributes"] == {"size": 41, "gender": "unisex"}
+
+
+def test_category_schema_route(http, admin):
+    reply = http.get("/v1/admin/categories/shoes/schema", headers=admin)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["attributes"]["size"] == {"type": "integer", "min": 16, "max": 50}
+    assert_problem(http.get("/v1/admin/categories/no-such/schema", headers=admin), 404)
+    assert_problem(http.get("/v1/admin/categories/Bad%20Slug/schema", headers=admin), 422)
+    assert_problem(http.get("/v1/admin/categories/shoes/schema"), 401)
+    shopper = auth(new_shopper(http))
+    assert_problem(http.get("/v1/admin/categories/shoes/schema", headers=shopper), 403)

@@ -15,6 +15,7 @@ from serve.search.index import (
     fold,
     stem,
 )
+from serve.search.port import SearchEngine
 
 
 def _doc(p: dict, **signals: float) -> Doc:
@@ -171,3 +172,13 @@ def test_suggest_completes_prefixes_with_typos(index):
     typo = [s["text"] for s in index.suggest("headphnes")]
     assert typo and all("Headphones" in t for t in typo)
     assert index.suggest('"*:(&|!') == []
+
+
+def test_the_index_is_the_search_port_and_pages_name_their_skus(index, products):
+    assert isinstance(index, SearchEngine)
+    result = index.search(index.parse("black"), Filters(), "price_asc", 10)
+    assert result.skus == [index.skus[s] for s in result.slots] and result.skus
+    ix = SearchIndex()
+    ix.upsert(_doc(products[0], rating=4.5, rating_count=3))
+    assert ix.rating_of(products[0]["sku"]) == (4.5, 3)
+    assert ix.rating_of("NOPE-1") == (0.0, 0)

@@ -1,0 +1,1 @@
+"""Cryptography of our own state: secrets sealed at rest (``secretbox``)."""
