@@ -4,10 +4,13 @@ Generates ``--orders`` paid orders (1 to 4 lines each, 20,000 customers with
 skewed activity, 5,000 SKUs in 12 categories, spread over ``--days`` days),
 with about three product views and one cart add per order and a stock change
 per line, as warehouse frames written into a temporary warehouse (one file per
-table and day, as after compaction). Then times each report the way the route
-runs it (load the days, compute, and for ``--charts`` also render a PNG):
-median and worst of ``--repeat`` runs, for the last 30 days and for the whole
-range. A plain read of the same files is timed in the same run as the baseline.
+table and day, as after compaction, with each day's rollups). Then times each
+report the way the route runs it (``reports.run``: read the range's daily
+rollups, combine, and for ``--charts`` also render a PNG): median and worst of
+``--repeat`` runs, for the last 30 days and for the whole range. A plain read
+of the same files is timed in the same run as the baseline. ``--raw`` also
+times the reports over raw rows (``load`` + ``compute``, the path before the
+rollups) and checks that both give the same answer.
 
     .venv/bin/python -m loadtests.bench_analytics --orders 1000000
 """
@@ -20,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--charts", action="store_true")
+    parser.add_argument("--raw", action="store_true", help="also time and check the raw path")
     args = parser.parse_args()
     started = time.perf_counter()
     events, lines, paid_orders = generate(args.orders, args.days)
@@ -152,10 +157,12 @@ def main() -> None:
         warehouse.land_frame(EVENTS, events)
         warehouse.land_frame(ORDER_LINES, lines)
         warehouse.land_frame(PAID_ORDERS, paid_orders)
+        compacting = time.perf_counter()
         warehouse.compact(min_files=1)
         print(
             f"generated {args.orders:,} orders, {lines.height:,} lines, {events.height:,} events"
             f" over {args.days} days in {time.perf_counter() - started:.1f}s"
+            f" (compaction and rollups of every day: {time.perf_counter() - compacting:.1f}s)"
         )
         end = date(2026, 1, 1) + timedelta(days=args.days - 1)
         files = sorted((Path(tmp) / EVENTS).rglob("*.parquet"))
@@ -163,15 +170,31 @@ def main() -> None:
         print(f"baseline: read the event_id column of every events file: {base:.0f} ms")
         print(f"{'report':<14}{'range':>8}{'median ms':>11}{'worst ms':>10}{'x base':>8}")
         for name in reports.REPORTS:
-            for label, first in (("30 d", end - timedelta(days=29)), ("all", date(2026, 1, 1))):
+            # 30 days (part of a month, days from their day rollups), the whole range, and
+            # one not aligned with months (partial months at both ends).
+            ranges = (
+                ("30 d", end - timedelta(days=29), end),
+                ("all", date(2026, 1, 1), end),
+                ("mid", date(2026, 1, 15), end - timedelta(days=16)),
+            )
+            for label, first, last in ranges:
 
-                def run(name: str = name, first: date = first) -> None:
-                    data = reports.compute(name, load(warehouse, name, first, end), first, end)
+                def run(name: str = name, first: date = first, last: date = last) -> dict[str, Any]:
+                    data = reports.run(warehouse, name, first, last)
                     if args.charts:
                         charts.render(data, "png")
+                    return data
+
+                def raw(name: str = name, first: date = first, last: date = last) -> dict[str, Any]:
+                    return reports.compute(name, load(warehouse, name, first, last), first, last)
 
                 median, worst = _time(run, args.repeat)
-                print(f"{name:<14}{label:>8}{median:>11.0f}{worst:>10.0f}{median / base:>8.1f}")
+                line = f"{name:<14}{label:>8}{median:>11.0f}{worst:>10.0f}{median / base:>8.1f}"
+                if args.raw:
+                    raw_median, _ = _time(raw, 1)
+                    same = "same" if raw() == run() else "DIFFERENT"
+                    line += f"   raw {raw_median:>6.0f} ms ({raw_median / base:.1f} x base), {same}"
+                print(line)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from streams.events import (
     ORDER_CREATED,
     PRODUCT_VIEWED,
 )
-from streams.warehouse import frame
+from streams.warehouse import Warehouse, chain_stock, frame
 
 CURRENCY = "BRL"
 # The event columns the funnel and stock-outs read (never the payload, the widest).
@@ -135,7 +135,18 @@ def sales(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
         )
         .sort(["net", "category"], descending=[True, False])
     )
+    total = {
+        "gross": int(paid["gross"].sum()),
+        "discounts": int(paid["discounts"].sum()),
+        "net": int(paid["net"].sum()),
+        "orders": paid.height,
+    }
+    return _sales(total, by_day, by_category, currency)
 
+
+def _sales(
+    total: dict[str, int], by_day: pl.DataFrame, by_category: pl.DataFrame, currency: str
+) -> dict[str, Any]:
     def row(r: dict[str, Any]) -> dict[str, Any]:
         return {
             "gross": _money(r["gross"], currency),
@@ -145,12 +156,6 @@ def sales(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
             "aov": _money(_aov(int(r["net"]), int(r["orders"])), currency),
         }
 
-    total = {
-        "gross": int(paid["gross"].sum()),
-        "discounts": int(paid["discounts"].sum()),
-        "net": int(paid["net"].sum()),
-        "orders": paid.height,
-    }
     return {
         "totals": row(total),
         "by_day": [{"day": r["day"].isoformat(), **row(r)} for r in by_day.iter_rows(named=True)],
@@ -172,18 +177,26 @@ FUNNEL_STAGES = (
 def funnel(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
     del limit
     events = _in_range(frames.events, start, end)
+    counts = {}
+    for _, event_type in FUNNEL_STAGES:
+        rows = events.filter(pl.col("type") == event_type)
+        counts[event_type] = (rows.height, rows.get_column("visitor").drop_nulls().n_unique())
+    return _funnel(counts)
+
+
+def _funnel(counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The stages from (events, distinct visitors) by event type."""
     stages = []
     first = previous = 0
     for i, (stage, event_type) in enumerate(FUNNEL_STAGES):
-        rows = events.filter(pl.col("type") == event_type)
-        visitors = rows.get_column("visitor").drop_nulls().n_unique()
+        n_events, visitors = counts.get(event_type, (0, 0))
         if i == 0:
             first = visitors
         stages.append(
             {
                 "stage": stage,
                 "event": event_type,
-                "events": rows.height,
+                "events": n_events,
                 "visitors": visitors,
                 "from_previous": None if i == 0 else _ratio(visitors, previous),
                 "from_first": _ratio(visitors, first),
@@ -222,6 +235,10 @@ def rfm_scores(frames: Frames, start: date, end: date) -> pl.DataFrame:
         pl.len().alias("frequency"),
         pl.col("net").sum().alias("monetary"),
     )
+    return _rfm_scores(customers)
+
+
+def _rfm_scores(customers: pl.DataFrame) -> pl.DataFrame:
     scored = customers.with_columns(
         _score("recency_days", higher_is_better=False).alias("r"),
         _score("frequency").alias("f"),
@@ -238,8 +255,10 @@ def rfm_scores(frames: Frames, start: date, end: date) -> pl.DataFrame:
 
 def rfm(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
     del limit
-    scored = rfm_scores(frames, start, end)
-    currency = _currency(_paid(frames.orders))
+    return _rfm(rfm_scores(frames, start, end), _currency(_paid(frames.orders)))
+
+
+def _rfm(scored: pl.DataFrame, currency: str) -> dict[str, Any]:
     total = scored.height
     by_segment = {
         r["segment"]: r
@@ -275,7 +294,13 @@ def _month_index(expr: pl.Expr) -> pl.Expr:
 def cohorts(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
     del limit
     paid = _paid(frames.orders).filter(pl.col("day") <= end)
-    months = paid.select("user_id", _month_index(pl.col("day")).alias("month")).unique()
+    return _cohorts(
+        paid.select("user_id", _month_index(pl.col("day")).alias("month")).unique(), start, end
+    )
+
+
+def _cohorts(months: pl.DataFrame, start: date, end: date) -> dict[str, Any]:
+    """Cohorts from the distinct (user_id, month) pairs with a paid order up to ``end``."""
     first = months.group_by("user_id").agg(pl.col("month").min().alias("cohort"))
     start_m, end_m = start.year * 12 + start.month - 1, end.year * 12 + end.month - 1
     first = first.filter((pl.col("cohort") >= start_m) & (pl.col("cohort") <= end_m))
@@ -307,17 +332,17 @@ def top_products(frames: Frames, start: date, end: date, limit: int) -> dict[str
     paid = _in_range(_paid(frames.orders), start, end)
     currency = _currency(paid)
     lines = _paid_lines(frames.lines, paid)
-    top = (
-        lines.group_by("sku")
-        .agg(
-            pl.col("category").first(),
-            pl.col("quantity").sum().alias("units"),
-            pl.col("net").sum().alias("revenue"),
-            pl.col("order_id").n_unique().alias("orders"),
-        )
-        .sort(["revenue", "units", "sku"], descending=[True, True, False])
-        .head(limit)
+    top = lines.group_by("sku").agg(
+        pl.col("category").first(),
+        pl.col("quantity").sum().alias("units"),
+        pl.col("net").sum().alias("revenue"),
+        pl.col("order_id").n_unique().alias("orders"),
     )
+    return _top_products(top, currency, limit)
+
+
+def _top_products(top: pl.DataFrame, currency: str, limit: int) -> dict[str, Any]:
+    top = top.sort(["revenue", "units", "sku"], descending=[True, True, False]).head(limit)
     return {
         "products": [
             {
@@ -340,17 +365,20 @@ def stockouts(frames: Frames, start: date, end: date, limit: int) -> dict[str, A
         pl.col("occurred_at").shift(-1).over("sku").fill_null(range_end).alias("until"),
     )
     out = pl.col("available") <= 0
+    per_sku = stock.group_by("sku").agg(
+        (out & ~(pl.col("before").fill_null(1) <= 0)).sum().alias("stockouts"),
+        ((pl.col("until") - pl.col("occurred_at")).dt.total_milliseconds() * out.cast(pl.Int64))
+        .sum()
+        .alias("ms_out"),
+        pl.col("occurred_at").filter(out).min().alias("first_out"),
+        pl.col("available").last().alias("available_now"),
+    )
+    return _stockouts(per_sku, limit)
+
+
+def _stockouts(per_sku: pl.DataFrame, limit: int) -> dict[str, Any]:
     per_sku = (
-        stock.group_by("sku")
-        .agg(
-            (out & ~(pl.col("before").fill_null(1) <= 0)).sum().alias("stockouts"),
-            ((pl.col("until") - pl.col("occurred_at")).dt.total_milliseconds() * out.cast(pl.Int64))
-            .sum()
-            .alias("ms_out"),
-            pl.col("occurred_at").filter(out).min().alias("first_out"),
-            pl.col("available").last().alias("available_now"),
-        )
-        .filter(pl.col("stockouts") > 0)
+        per_sku.filter(pl.col("stockouts") > 0)
         .sort(["ms_out", "stockouts", "sku"], descending=[True, True, False])
         .head(limit)
     )
@@ -365,6 +393,121 @@ def stockouts(frames: Frames, start: date, end: date, limit: int) -> dict[str, A
             }
             for r in per_sku.iter_rows(named=True)
         ]
+    }
+
+
+# --- the same reports from the daily rollups (``Warehouse.rollups``) ----------------------
+# What the route runs: a year is 365 small files instead of millions of rows. Each
+# gives the numbers of its raw twin above (tests compare them on generated data).
+
+Rollups = dict[str, pl.DataFrame]
+
+
+def _rollup_currency(r: Rollups) -> str:
+    return _currency(r["sales"])
+
+
+def _sums(*columns: str) -> list[pl.Expr]:
+    return [pl.col(c).sum() for c in columns]
+
+
+def sales_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del limit
+    daily = r["sales"].group_by("day").agg(_sums("gross", "discounts", "net", "orders"))
+    days = pl.DataFrame({"day": pl.date_range(start, end, "1d", eager=True)})
+    by_day = days.join(daily, on="day", how="left").fill_null(0).sort("day")
+    by_category = (
+        r["categories"]
+        .group_by("category")
+        .agg(_sums("gross", "discounts", "net", "orders", "units"))
+        .sort(["net", "category"], descending=[True, False])
+    )
+    total = {c: int(daily[c].sum()) for c in ("gross", "discounts", "net", "orders")}
+    return _sales(total, by_day, by_category, _rollup_currency(r))
+
+
+def funnel_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del start, end, limit
+    # The sets of visitors of the range's days unioned: exact, not an estimate.
+    events = dict(r["events"].group_by("type").agg(pl.col("events").sum()).iter_rows())
+    visitors = dict(r["visitors"].group_by("type").agg(pl.col("visitor").n_unique()).iter_rows())
+    return _funnel({t: (int(n), int(visitors.get(t, 0))) for t, n in events.items()})
+
+
+def rfm_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del start, limit
+    customers = (
+        r["customers"]
+        .group_by("user_id")
+        .agg(
+            (pl.lit(end) - pl.col("day").max()).dt.total_days().alias("recency_days"),
+            pl.col("orders").sum().alias("frequency"),
+            pl.col("net").sum().alias("monetary"),
+        )
+    )
+    return _rfm(_rfm_scores(customers), _rollup_currency(r))
+
+
+def cohorts_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del limit
+    customers = r["customers"].filter(pl.col("day") <= end)
+    months = customers.select("user_id", _month_index(pl.col("day")).alias("month")).unique()
+    return _cohorts(months, start, end)
+
+
+def top_products_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del start, end
+    top = (
+        r["products"]
+        .sort("day", maintain_order=True)
+        .group_by("sku")
+        .agg(pl.col("category").first(), *_sums("units", "revenue", "orders"))
+    )
+    return _top_products(top, _rollup_currency(r), limit)
+
+
+def stockouts_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
+    del start
+    range_end = datetime.combine(end + timedelta(days=1), time(), UTC)
+    per_sku = chain_stock(r["stock"], range_end).select(
+        "sku",
+        "stockouts",
+        pl.col("ms_inner").alias("ms_out"),
+        "first_out",
+        pl.col("last_available").alias("available_now"),
+    )
+    return _stockouts(per_sku, limit)
+
+
+@dataclass(frozen=True)
+class RollupReport:
+    compute: Callable[[Rollups, date, date, int], dict[str, Any]]
+    rollups: tuple[str, ...]
+    history: bool = False  # whether it needs everything before the range too
+
+
+ROLLUP_REPORTS: dict[str, RollupReport] = {
+    "sales": RollupReport(sales_from_rollups, ("sales", "categories")),
+    "funnel": RollupReport(funnel_from_rollups, ("funnel",)),
+    "rfm": RollupReport(rfm_from_rollups, ("customers", "sales")),
+    "cohorts": RollupReport(cohorts_from_rollups, ("customers",), history=True),
+    "top-products": RollupReport(top_products_from_rollups, ("products", "sales")),
+    "stockouts": RollupReport(stockouts_from_rollups, ("stock",)),
+}
+
+
+def run(warehouse: Warehouse, name: str, start: date, end: date, limit: int = 10) -> dict[str, Any]:
+    """Report ``name`` over ``[start, end]`` from the warehouse's rollups (what the route runs)."""
+    report = ROLLUP_REPORTS[name]
+    if name == "funnel":  # distinct sets by year (``Warehouse.funnel_sets``), not by day
+        rollups = warehouse.funnel_sets(start, end)
+    else:
+        rollups = warehouse.rollups(report.rollups, None if report.history else start, end)
+    return {
+        "report": name,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        **report.compute(rollups, start, end, limit),
     }
 
 

@@ -19,6 +19,14 @@ by ``compact`` and by every ``scan``.
 ``compact`` rewrites a day's files as one ``data.parquet``: rows deduplicated
 by key, sorted by ``(occurred_at, event_id[, line])``, written with fixed
 options and no timestamp, so the same events always give the same bytes.
+
+Rollups: per day, small aggregates the reports read instead of raw rows
+(``rollups/day=2026-12-04/<name>.parquet``, see ``ROLLUP_SCHEMAS``), built
+by ``build_rollups`` from that day's deduplicated rows only, so a report sums
+or unions days. ``sources.json`` beside them names the table files (and their
+sizes) they were built from; a day whose files differ (a batch landed since,
+a compaction cut short) is rebuilt from its rows on read, and ``compact``
+rebuilds it for good. So late and duplicate events never make a rollup wrong.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,7 @@ from streams.events import (
     EVENT_TYPES,
     INVENTORY_CHANGED,
     ORDER_CONFIRMED,
+    ORDER_CREATED,
     PRODUCT_VIEWED,
     Envelope,
     uuid7,
@@ -49,6 +58,8 @@ EVENTS = "events"
 ORDER_LINES = "order_lines"
 PAID_ORDERS = "paid_orders"
 DATA_FILE = "data.parquet"
+ROLLUPS = "rollups"
+SOURCES_FILE = "sources.json"
 
 EVENT_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
@@ -116,6 +127,140 @@ TABLES = {
 # Fixed write options: part of the byte-identical replay promise.
 _WRITE = {"compression": "zstd", "compression_level": 3, "statistics": True}
 _ROW_GROUP = 131_072
+
+# The funnel's stages (view, cart, checkout, paid): the events its rollup keeps.
+FUNNEL_TYPES = (PRODUCT_VIEWED.name, CART_ITEM_ADDED.name, ORDER_CREATED.name, ORDER_CONFIRMED.name)
+_MS = pl.Datetime("ms", "UTC")
+# Per day: what each report sums (or unions) over a range instead of raw rows.
+ROLLUP_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    # Paid orders by currency: sums and the count.
+    "sales": {
+        "day": pl.Date(),
+        "currency": pl.String(),
+        "gross": pl.Int64(),
+        "discounts": pl.Int64(),
+        "net": pl.Int64(),
+        "orders": pl.Int64(),
+    },
+    # Lines of paid orders by category (an order is in one day: distinct orders add up).
+    "categories": {
+        "day": pl.Date(),
+        "category": pl.String(),
+        "gross": pl.Int64(),
+        "discounts": pl.Int64(),
+        "net": pl.Int64(),
+        "orders": pl.Int64(),
+        "units": pl.Int64(),
+    },
+    "products": {
+        "day": pl.Date(),
+        "sku": pl.String(),
+        "category": pl.String(),
+        "units": pl.Int64(),
+        "revenue": pl.Int64(),
+        "orders": pl.Int64(),
+    },
+    # Paid orders by customer (RFM, cohorts).
+    "customers": {
+        "day": pl.Date(),
+        "user_id": pl.String(),
+        "orders": pl.Int64(),
+        "net": pl.Int64(),
+    },
+    # Funnel events by type and visitor (null: events without one): distinct sets,
+    # so a union over days counts each visitor once, exactly.
+    "funnel": {
+        "day": pl.Date(),
+        "type": pl.String(),
+        "visitor": pl.String(),
+        "events": pl.Int64(),
+    },
+    # Stock changes by SKU: the day's ends, so days chain into intervals at zero.
+    "stock": {
+        "day": pl.Date(),
+        "sku": pl.String(),
+        "first_at": _MS,
+        "first_available": pl.Int64(),
+        "last_at": _MS,
+        "last_available": pl.Int64(),
+        "stockouts": pl.Int64(),  # falls to zero within the day (the first row: from > 0)
+        "ms_inner": pl.Int64(),  # ms at zero between the day's changes (not after its last)
+        "first_out": _MS,
+    },
+}
+# The columns of each table the rollups read.
+ROLLUP_COLUMNS = {
+    EVENTS: ["event_id", "type", "occurred_at", "visitor", "sku", "available"],
+    ORDER_LINES: ["event_id", "order_id", "sku", "category", "quantity", "gross", "net"],
+    PAID_ORDERS: ["event_id", "order_id", "user_id", "gross", "discounts", "net", "currency"],
+}
+
+
+def build_rollups(
+    day: date, events: pl.DataFrame, lines: pl.DataFrame, paid: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """The rollups of one day from its deduplicated rows (pure; sorted, fixed schemas)."""
+    paid = paid.unique("order_id", keep="first", maintain_order=True)
+    lines = lines.join(paid.select("event_id"), on="event_id", how="semi")
+    out = {
+        "sales": paid.group_by("currency").agg(
+            pl.col("gross").sum(),
+            pl.col("discounts").sum(),
+            pl.col("net").sum(),
+            pl.len().alias("orders"),
+        ),
+        "categories": lines.group_by("category").agg(
+            pl.col("gross").sum(),
+            (pl.col("gross") - pl.col("net")).sum().alias("discounts"),
+            pl.col("net").sum(),
+            pl.col("order_id").n_unique().alias("orders"),
+            pl.col("quantity").sum().alias("units"),
+        ),
+        "products": lines.group_by("sku", maintain_order=True).agg(
+            pl.col("category").first(),
+            pl.col("quantity").sum().alias("units"),
+            pl.col("net").sum().alias("revenue"),
+            pl.col("order_id").n_unique().alias("orders"),
+        ),
+        "customers": paid.group_by("user_id").agg(pl.len().alias("orders"), pl.col("net").sum()),
+        "funnel": events.filter(pl.col("type").is_in(FUNNEL_TYPES))
+        .group_by("type", "visitor")
+        .agg(pl.len().alias("events")),
+        "stock": _stock_day(events),
+    }
+    result = {}
+    for name, df in out.items():
+        schema = ROLLUP_SCHEMAS[name]
+        keys = [
+            c for c in ("currency", "category", "sku", "user_id", "type", "visitor") if c in schema
+        ]
+        df = df.with_columns(pl.lit(day, pl.Date()).alias("day"))
+        df = df.select([pl.col(c).cast(t) for c, t in schema.items()])
+        result[name] = df.sort(keys, nulls_last=True)
+    return result
+
+
+def _stock_day(events: pl.DataFrame) -> pl.DataFrame:
+    stock = (
+        events.filter(pl.col("type") == INVENTORY_CHANGED.name)
+        .sort("sku", "occurred_at", "event_id")
+        .with_columns(
+            pl.col("available").shift(1).over("sku").alias("before"),
+            pl.col("occurred_at").shift(-1).over("sku").alias("next_at"),
+        )
+    )
+    out = pl.col("available") <= 0
+    return stock.group_by("sku").agg(
+        pl.col("occurred_at").first().alias("first_at"),
+        pl.col("available").first().alias("first_available"),
+        pl.col("occurred_at").last().alias("last_at"),
+        pl.col("available").last().alias("last_available"),
+        (out & ~(pl.col("before").fill_null(1) <= 0)).sum().alias("stockouts"),
+        ((pl.col("next_at") - pl.col("occurred_at")).dt.total_milliseconds() * out.cast(pl.Int64))
+        .sum()
+        .alias("ms_inner"),
+        pl.col("occurred_at").filter(out).min().alias("first_out"),
+    )
 
 
 def occurred(envelope: Envelope) -> datetime:
@@ -220,6 +365,83 @@ def rows_for(
     return {EVENTS: [row], ORDER_LINES: lines, PAID_ORDERS: paid}
 
 
+def chain_stock(days: pl.DataFrame, until: datetime | None) -> pl.DataFrame:
+    """Stock rollups of consecutive spans (days, months) of each SKU chained into one:
+    a span starting at zero after one that ended at zero is no new stock-out, and a
+    span ending at zero stays out until the SKU's next change, else until ``until``
+    (None: the time after the last change is not counted, as within a day)."""
+    days = days.sort("sku", "first_at").with_columns(
+        pl.col("last_available").shift(1).over("sku").alias("before"),
+        pl.col("first_at").shift(-1).over("sku").fill_null(pl.lit(until, _MS)).alias("until"),
+    )
+    carried = ((pl.col("first_available") <= 0) & (pl.col("before") <= 0)).fill_null(False)
+    tail = (pl.col("until") - pl.col("last_at")).dt.total_milliseconds() * (
+        pl.col("last_available") <= 0
+    ).cast(pl.Int64)
+    return days.group_by("sku").agg(
+        pl.col("first_at").first(),
+        pl.col("first_available").first(),
+        pl.col("last_at").last(),
+        pl.col("last_available").last(),
+        (pl.col("stockouts") - carried.cast(pl.Int64)).sum().alias("stockouts"),
+        (pl.col("ms_inner") + tail.fill_null(0)).sum().alias("ms_inner"),
+        pl.col("first_out").min(),
+    )
+
+
+def merge_rollup(name: str, days: pl.DataFrame) -> pl.DataFrame:
+    """Several days' rollup ``name`` as one (a month's file), same schema; ``day`` is
+    then the span's first day (the last for ``customers``, which RFM reads as the
+    last order). Sales stay by day (the report lists days)."""
+    schema = ROLLUP_SCHEMAS[name]
+    sums = [pl.col(c).sum() for c in ("gross", "discounts", "net", "orders", "units")]
+    days = days.sort("day", maintain_order=True)
+    if name == "sales":
+        merged = days
+    elif name == "categories":
+        merged = days.group_by("category").agg(pl.col("day").min(), *sums)
+    elif name == "products":
+        merged = days.group_by("sku").agg(
+            pl.col("day").min(),
+            pl.col("category").first(),
+            pl.col("units").sum(),
+            pl.col("revenue").sum(),
+            pl.col("orders").sum(),
+        )
+    elif name == "customers":
+        merged = days.group_by("user_id").agg(
+            pl.col("day").max(), pl.col("orders").sum(), pl.col("net").sum()
+        )
+    elif name == "funnel":
+        merged = days.group_by("type", "visitor").agg(pl.col("day").min(), pl.col("events").sum())
+    else:
+        merged = chain_stock(days, None).join(
+            days.group_by("sku").agg(pl.col("day").min()), on="sku"
+        )
+    merged = merged.select([pl.col(c).cast(t) for c, t in schema.items()])
+    keys = ("currency", "category", "sku", "user_id", "type", "visitor")
+    return merged.sort(
+        [c for c in ("day", *keys) if c in schema and (c != "day" or name == "sales")],
+        nulls_last=True,
+    )
+
+
+def funnel_year(days: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """A year of daily funnel rollups as ``funnel_events`` (day, type, events) and
+    ``funnel_visitors`` (type, visitor, the sorted days it was seen): any range of
+    the year then counts distinct visitors over ~100k rows, not millions, exactly."""
+    counts = (
+        days.group_by("day", "type").agg(pl.col("events").sum().cast(pl.Int64)).sort("day", "type")
+    )
+    sets = (
+        days.filter(pl.col("visitor").is_not_null())
+        .group_by("type", "visitor")
+        .agg(pl.col("day").sort().alias("days"))
+        .sort("type", "visitor")
+    )
+    return {"funnel_events": counts, "funnel_visitors": sets}
+
+
 def frame(table: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
     """Rows as a frame of ``table``'s schema (an empty frame keeps the schema)."""
     schema = TABLES[table].schema
@@ -228,6 +450,18 @@ def frame(table: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
 
 def _day_dir(root: Path, table: str, day: date) -> Path:
     return root / table / f"day={day.isoformat()}"
+
+
+def _month_dir(root: Path, day: date) -> Path:
+    return root / ROLLUPS / f"month={day.isoformat()[:7]}"
+
+
+def _year_dir(root: Path, year: int) -> Path:
+    return root / ROLLUPS / f"year={year:04d}"
+
+
+def _record(sources: Mapping[str, Any]) -> str:
+    return json.dumps(sources, sort_keys=True, separators=(",", ":"))
 
 
 def _day_of(path: Path) -> date | None:
@@ -320,12 +554,177 @@ class Warehouse:
                     if len(files) < min_files:
                         continue
                     merged = normalise(table, pl.read_parquet(files))
+                    # The day's rollups are stale from here until rebuilt below (a
+                    # crash in between leaves no sources.json: rebuilt on read).
+                    self._invalidate(day)
                     _write(merged, _day_dir(self.root, table, day) / DATA_FILE)
                     for path in files:
                         if path.name != DATA_FILE:
                             path.unlink(missing_ok=True)
                     rewritten += 1
+            self._refresh_rollups()
         return rewritten
+
+    # --- rollups ----------------------------------------------------------------------------
+
+    def _all_days(self) -> list[date]:
+        return sorted({d for table in TABLES for d in self.days(table)})
+
+    def _sources(self, day: date) -> dict[str, list[str]]:
+        """The day's table files (their names: a rewrite of ``data.parquet`` first
+        removes the records naming it, so the name alone is enough)."""
+        out = {}
+        for table in TABLES:
+            try:
+                names = os.listdir(_day_dir(self.root, table, day))
+            except FileNotFoundError:
+                names = []
+            out[table] = sorted(n for n in names if n.endswith(".parquet") and n[0] != ".")
+        return out
+
+    def _recorded(self, folder: Path) -> str | None:
+        try:
+            return (folder / SOURCES_FILE).read_text()
+        except FileNotFoundError:
+            return None
+
+    def _invalidate(self, day: date) -> None:
+        """Forget what the day's (and its month's and year's) rollups were built from."""
+        for folder in (
+            _day_dir(self.root, ROLLUPS, day),
+            _month_dir(self.root, day),
+            _year_dir(self.root, day.year),
+        ):
+            (folder / SOURCES_FILE).unlink(missing_ok=True)
+
+    def _day_rollups(self, day: date) -> dict[str, pl.DataFrame]:
+        """The day's rollups computed from its rows (what ``compact`` writes)."""
+        rows = {t: self.scan(t, day, day, columns=ROLLUP_COLUMNS[t]) for t in TABLES}
+        return build_rollups(day, rows[EVENTS], rows[ORDER_LINES], rows[PAID_ORDERS])
+
+    def _write_rollups(
+        self, folder: Path, rollups: Mapping[str, pl.DataFrame], record: str
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SOURCES_FILE).unlink(missing_ok=True)
+        for name, df in rollups.items():
+            _write(df, folder / f"{name}.parquet")
+        # Written last: the rollups count only once all of them are in place.
+        tmp = folder / f".{SOURCES_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(record)
+        os.replace(tmp, folder / SOURCES_FILE)
+
+    def _refresh_rollups(self) -> None:
+        """Rebuild every day's and month's rollups that no longer match their files."""
+        months: dict[date, dict[str, Any]] = {}
+        for day in self._all_days():
+            sources = self._sources(day)
+            record = _record(sources)
+            folder = _day_dir(self.root, ROLLUPS, day)
+            if self._recorded(folder) != record:
+                self._write_rollups(folder, self._day_rollups(day), record)
+            months.setdefault(day.replace(day=1), {})[day.isoformat()] = sources
+        for month, days in months.items():
+            folder = _month_dir(self.root, month)
+            record = _record(days)
+            if self._recorded(folder) != record:
+                day_dirs = [_day_dir(self.root, ROLLUPS, date.fromisoformat(d)) for d in days]
+                merged = {
+                    name: merge_rollup(
+                        name, pl.read_parquet([f / f"{name}.parquet" for f in day_dirs])
+                    )
+                    for name in ROLLUP_SCHEMAS
+                }
+                self._write_rollups(folder, merged, record)
+        years: dict[int, dict[str, Any]] = {}
+        for month, days in months.items():
+            years.setdefault(month.year, {}).update(days)
+        for year, days in years.items():
+            folder = _year_dir(self.root, year)
+            record = _record(days)
+            if self._recorded(folder) != record:
+                day_dirs = [_day_dir(self.root, ROLLUPS, date.fromisoformat(d)) for d in days]
+                funnel = pl.read_parquet([f / "funnel.parquet" for f in day_dirs])
+                self._write_rollups(folder, funnel_year(funnel), record)
+
+    def funnel_sets(self, start: date, end: date) -> dict[str, pl.DataFrame]:
+        """The funnel over ``[start, end]``: ``events`` (type, events; a row per day or
+        year part) and ``visitors`` (type, visitor; a visitor may repeat, the caller
+        counts distinct). A year's file answers for its days still as it recorded them;
+        any other day comes from its own rollups (or rows)."""
+        events: list[pl.DataFrame] = []
+        visitors: list[pl.DataFrame] = []
+        years: dict[int, list[date]] = {}
+        for day in self._all_days():
+            if start <= day <= end:
+                years.setdefault(day.year, []).append(day)
+        for year, days in years.items():
+            folder = _year_dir(self.root, year)
+            recorded = json.loads(self._recorded(folder) or "{}")
+            good = [d for d in days if recorded.get(d.isoformat()) == self._sources(d)]
+            if good:
+                counts = pl.read_parquet(folder / "funnel_events.parquet")
+                events.append(counts.filter(pl.col("day").is_in(good)).select("type", "events"))
+                sets = pl.read_parquet(folder / "funnel_visitors.parquet")
+                seen = pl.col("days").list.eval(pl.element().is_in(good)).list.any()
+                visitors.append(sets.filter(seen).select("type", "visitor"))
+            for day in sorted(set(days) - set(good)):
+                part = self.rollups(["funnel"], day, day)["funnel"]
+                events.append(part.select("type", "events"))
+                visitors.append(
+                    part.filter(pl.col("visitor").is_not_null()).select("type", "visitor")
+                )
+        return {
+            "events": pl.concat(events)
+            if events
+            else pl.DataFrame(schema={"type": pl.String(), "events": pl.Int64()}),
+            "visitors": pl.concat(visitors)
+            if visitors
+            else pl.DataFrame(schema={"type": pl.String(), "visitor": pl.String()}),
+        }
+
+    def rollups(
+        self, names: Sequence[str], start: date | None = None, end: date | None = None
+    ) -> dict[str, pl.DataFrame]:
+        """Rollups ``names`` of the days in ``[start, end]`` (open ends), concatenated:
+        a whole month from its month file, other days from theirs.
+
+        A day whose rollups are missing or were built from other files than it
+        holds now is computed from its rows here (and not written: only
+        ``compact`` writes, under its lock).
+        """
+        months: dict[date, list[date]] = {}
+        for day in self._all_days():
+            if (start is None or day >= start) and (end is None or day <= end):
+                months.setdefault(day.replace(day=1), []).append(day)
+        fresh: list[Path] = []
+        computed: dict[str, list[pl.DataFrame]] = {name: [] for name in names}
+        for month, days in months.items():
+            sources = {day: self._sources(day) for day in days}
+            month_end = (month + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+            whole = (start is None or start <= month) and (end is None or end >= month_end)
+            if whole:
+                folder = _month_dir(self.root, month)
+                if self._recorded(folder) == _record(
+                    {d.isoformat(): s for d, s in sources.items()}
+                ):
+                    fresh.append(folder)
+                    continue
+            for day, day_sources in sources.items():
+                folder = _day_dir(self.root, ROLLUPS, day)
+                if self._recorded(folder) == _record(day_sources):
+                    fresh.append(folder)
+                    continue
+                day_rollups = self._day_rollups(day)
+                for name in names:
+                    computed[name].append(day_rollups[name])
+        out = {}
+        for name in names:
+            parts = computed[name]
+            if fresh:
+                parts = [pl.read_parquet([f / f"{name}.parquet" for f in fresh]), *parts]
+            out[name] = pl.concat(parts) if parts else pl.DataFrame(schema=ROLLUP_SCHEMAS[name])
+        return out
 
     def scan(
         self,

@@ -1,8 +1,9 @@
 """Analytics reports for operators: ``GET /v1/admin/analytics/{report}``.
 
-Thin: it validates the range and format, loads the warehouse days the report
-needs (``streams.warehouse``) and hands them to ``streams.reports``; charts
-come from ``streams.charts``. The work runs in a thread (polars and matplotlib
+Thin: it validates the range and format and has ``streams.reports.run``
+answer from the warehouse's daily rollups (``streams.warehouse``); charts come
+from ``streams.charts``. ``load`` reads the raw rows instead, for the tests and
+the benchmark that check the rollups against them. The work runs in a thread (polars and matplotlib
 release the event loop). The warehouse is the directory the warehouse
 consumer writes (``AGORA_WAREHOUSE_URL``), read on every call.
 
@@ -58,7 +59,7 @@ def load(warehouse: Warehouse, name: str, start: date, end: date) -> reports.Fra
 
 
 def _run(warehouse: Warehouse, name: str, start: date, end: date, limit: int, fmt: str) -> Any:
-    data = reports.compute(name, load(warehouse, name, start, end), start, end, limit)
+    data = reports.run(warehouse, name, start, end, limit)
     if fmt == "json":
         return data
     return charts.render(data, fmt)

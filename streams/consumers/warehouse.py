@@ -10,13 +10,14 @@ Each event is first appended to a journal file (one JSON line: the event and,
 for ``order.confirmed``, the order's lines, totals and categories read from
 PostgreSQL) and then acknowledged; ``tick`` turns the journal into Parquet
 files every ``flush_s`` (or ``flush_rows`` events) and empties it, and
-compacts the day partitions every ``compact_every_s``. A consumer killed
+compacts the day partitions every ``compact_every_s`` (which also rebuilds
+the rollups of the days that changed, the ones the reports read). A consumer killed
 between acknowledging and flushing finds its journal on restart and lands it
 first: nothing acknowledged is lost, and a flush cut short only duplicates.
 
 ``replay`` is ``agora analytics rebuild``: the same rows from a reader at the
 start of every topic into a fresh warehouse, compacted at the end, so two
-replays of the same events give byte-identical files.
+replays of the same events give byte-identical files (rollups included).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from streams.events import (
     make_event,
     topic_for,
 )
-from streams.warehouse import EVENTS, ORDER_LINES, Warehouse
+from streams.warehouse import EVENTS, ORDER_LINES, ROLLUP_SCHEMAS, SOURCES_FILE, Warehouse
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,23 @@ def _topic(event_type: str, run: str) -> str:
     return f"{topic_for(event_type, 'agora', 'events')}-test-wh-{run}"
 
 
+# Every day's rollups and the record of what they were built from (part of the
+# byte-identical promise too).
+ROLLUP_FILES = [
+    f"rollups/{span}/{name}"
+    for span in ("day=2026-11-01", "day=2026-11-02", "day=2026-11-03", "month=2026-11")
+    for name in sorted([*(f"{n}.parquet" for n in ROLLUP_SCHEMAS), SOURCES_FILE])
+] + [
+    f"rollups/year=2026/{name}"
+    for name in ("funnel_events.parquet", "funnel_visitors.parquet", SOURCES_FILE)
+]
+
+
 def _digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.parquet"))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
     }
 
 
@@ -107,6 +120,7 @@ async def test_two_rebuilds_of_the_same_topics_are_byte_identical(db_url, pulsar
         "events/day=2026-11-03/data.parquet",
         "order_lines/day=2026-11-03/data.parquet",
         "paid_orders/day=2026-11-03/data.parquet",
+        *ROLLUP_FILES,
     ]
     warehouse = Warehouse(tmp_path / "a")
     assert warehouse.scan(EVENTS).height == len(events)

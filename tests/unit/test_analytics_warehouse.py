@@ -34,7 +34,16 @@ from streams.events import (
     make_event,
 )
 from streams.publisher import BackgroundPublisher
-from streams.warehouse import DATA_FILE, EVENTS, ORDER_LINES, PAID_ORDERS, Warehouse, rows_for
+from streams.warehouse import (
+    DATA_FILE,
+    EVENTS,
+    ORDER_LINES,
+    PAID_ORDERS,
+    ROLLUP_SCHEMAS,
+    SOURCES_FILE,
+    Warehouse,
+    rows_for,
+)
 
 
 def _ms(day: str, hour: int = 12) -> int:
@@ -65,10 +74,23 @@ def _land(warehouse: Warehouse, events: list[Envelope]) -> None:
     warehouse.land(rows)
 
 
+# Every day's rollups and the record of what they were built from (part of the
+# byte-identical promise too).
+ROLLUP_FILES = [
+    f"rollups/{span}/{name}"
+    for span in ("day=2026-11-01", "day=2026-11-02", "day=2026-11-03", "month=2026-11")
+    for name in sorted([*(f"{n}.parquet" for n in ROLLUP_SCHEMAS), SOURCES_FILE])
+] + [
+    f"rollups/year=2026/{name}"
+    for name in ("funnel_events.parquet", "funnel_visitors.parquet", SOURCES_FILE)
+]
+
+
 def _digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.parquet"))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
     }
 
 
@@ -199,6 +221,7 @@ def test_two_replays_in_any_order_and_batching_give_identical_bytes(tmp_path: Pa
         "events/day=2026-11-03/data.parquet",
         "order_lines/day=2026-11-02/data.parquet",
         "paid_orders/day=2026-11-02/data.parquet",
+        *ROLLUP_FILES,
     ]
 
 

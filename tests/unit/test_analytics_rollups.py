@@ -1,0 +1,182 @@
+"""The reports from daily rollups give exactly the raw reports' numbers (generated data),
+with late and duplicate events landed after a compaction and rollups cut short."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from loadtests.bench_analytics import generate
+from serve.routers.analytics import load
+from streams import reports
+from streams.warehouse import (
+    EVENTS,
+    ORDER_LINES,
+    PAID_ORDERS,
+    ROLLUP_SCHEMAS,
+    ROLLUPS,
+    SOURCES_FILE,
+    Warehouse,
+    build_rollups,
+    frame,
+)
+
+FIRST = date(2026, 1, 1)
+DAYS = 40  # January (a whole month: read from its month file) and 9 days of February
+LAST = FIRST + timedelta(days=DAYS - 1)
+RANGES = [
+    (FIRST, LAST),
+    (FIRST, date(2026, 1, 31)),
+    (date(2026, 1, 20), date(2026, 2, 3)),
+    (date(2026, 1, 6), date(2026, 1, 6)),
+    (LAST, LAST + timedelta(days=3)),  # past the data: zero days
+]
+
+
+def _with_extras(events: pl.DataFrame) -> pl.DataFrame:
+    """Add checkouts (order.created) and views without a visitor, which the generator lacks."""
+    paid = events.filter(pl.col("type") == "order.confirmed")
+    created = paid.head(500).with_columns(
+        ("c" + pl.col("event_id")).alias("event_id"),
+        pl.lit("order.created").alias("type"),
+        (pl.col("occurred_at") - pl.duration(minutes=5)).alias("occurred_at"),
+    )
+    anonymous = (
+        events.filter(pl.col("type") == "product.viewed")
+        .head(50)
+        .with_columns(("n" + pl.col("event_id")).alias("event_id"), pl.lit(None).alias("visitor"))
+    )
+    return pl.concat([events, created, anonymous])
+
+
+def _answers(warehouse: Warehouse) -> list[tuple[str, date, date, dict, dict]]:
+    out = []
+    for name in reports.REPORTS:
+        for start, end in RANGES:
+            raw = reports.compute(name, load(warehouse, name, start, end), start, end, 25)
+            out.append((name, start, end, raw, reports.run(warehouse, name, start, end, 25)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    events, lines, paid = generate(3_000, DAYS, seed=11)
+    return _with_extras(events), lines, paid
+
+
+def _land(warehouse: Warehouse, tables: dict[str, pl.DataFrame]) -> None:
+    for table, df in tables.items():
+        warehouse.land_frame(table, df)
+
+
+def test_rollups_agree_with_raw_rows_through_late_and_duplicate_events(
+    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+):
+    events, lines, paid = generated
+    warehouse = Warehouse(tmp_path)
+    # Most rows land and are compacted; then the rest arrive late (into old days),
+    # with a redelivery of some already compacted, and stay loose until the next round.
+    late_ids = events.filter(pl.col("event_id").str.ends_with("7"))["event_id"]
+    early = {
+        EVENTS: events.filter(~pl.col("event_id").is_in(late_ids.implode())),
+        ORDER_LINES: lines.filter(~pl.col("event_id").is_in(late_ids.implode())),
+        PAID_ORDERS: paid.filter(~pl.col("event_id").is_in(late_ids.implode())),
+    }
+    late = {
+        EVENTS: events.filter(pl.col("event_id").is_in(late_ids.implode())),
+        ORDER_LINES: lines.filter(pl.col("event_id").is_in(late_ids.implode())),
+        PAID_ORDERS: paid.filter(pl.col("event_id").is_in(late_ids.implode())),
+    }
+    _land(warehouse, early)
+    warehouse.compact(min_files=1)
+    _land(warehouse, late)
+    _land(warehouse, {t: df.head(300) for t, df in early.items()})  # redelivered
+    for name, start, end, raw, rolled in _answers(warehouse):
+        assert rolled == raw, (name, start, end)
+    # Compaction rebuilds the stale days' rollups; the answers do not move.
+    before = _answers(warehouse)
+    warehouse.compact()
+    for span in ("day=2026-01-05", "month=2026-01", "month=2026-02"):
+        assert (tmp_path / ROLLUPS / span / SOURCES_FILE).exists()
+    assert _answers(warehouse) == before
+    # Every paid order counted once, as the raw rows say.
+    totals = reports.run(warehouse, "sales", FIRST, LAST)["totals"]
+    assert totals["orders"] == paid.height
+    assert totals["net"]["amount"] == paid["net"].sum()
+
+
+def test_a_day_whose_rollups_were_cut_short_is_read_from_its_rows(
+    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+):
+    events, lines, paid = generated
+    warehouse = Warehouse(tmp_path)
+    _land(warehouse, {EVENTS: events, ORDER_LINES: lines, PAID_ORDERS: paid})
+    warehouse.compact(min_files=1)
+    expected = _answers(warehouse)
+    folder = tmp_path / ROLLUPS / f"day={FIRST + timedelta(days=2)}"
+    (folder / SOURCES_FILE).unlink()  # a compaction killed before the rollups were done
+    (folder / "sales.parquet").write_bytes(b"garbage")
+    assert _answers(warehouse) == expected
+    assert warehouse.compact() == 0  # no day had two files ...
+    assert (folder / SOURCES_FILE).exists()  # ... but the missing rollups were rebuilt
+    assert _answers(warehouse) == expected
+    # A batch landed into a day after its month was rolled up: that month is read by day.
+    january_views = events.filter(
+        (pl.col("type") == "product.viewed") & (pl.col("occurred_at").dt.month() == 1)
+    )
+    late = january_views.head(5)
+    warehouse.land_frame(EVENTS, late.with_columns(("late" + pl.col("event_id")).alias("event_id")))
+    january = (FIRST, date(2026, 1, 31))
+    (before,) = [a[3] for a in expected if a[0] == "funnel" and a[1:3] == january]
+    views = reports.run(warehouse, "funnel", *january)["stages"][0]["events"]
+    assert views == before["stages"][0]["events"] + 5
+    for name, start, end, raw, rolled in _answers(warehouse):
+        assert rolled == raw, (name, start, end)
+    assert warehouse.compact() > 0
+    assert (tmp_path / ROLLUPS / "month=2026-01" / SOURCES_FILE).exists()
+
+
+def test_rollups_of_an_empty_day_keep_their_schemas():
+    empty = {t: frame(t, []) for t in (EVENTS, ORDER_LINES, PAID_ORDERS)}
+    rollups = build_rollups(FIRST, empty[EVENTS], empty[ORDER_LINES], empty[PAID_ORDERS])
+    for name, df in rollups.items():
+        assert df.is_empty() and dict(df.schema) == ROLLUP_SCHEMAS[name]
+    rolled = Warehouse(Path("/nonexistent/warehouse")).rollups(["stock", "funnel"])
+    assert rolled["stock"].is_empty() and dict(rolled["funnel"].schema) == ROLLUP_SCHEMAS["funnel"]
+
+
+def _stock(sku: str, at: datetime, available: int | None, event_id: str) -> dict:
+    return {
+        "event_id": event_id,
+        "type": "inventory.changed",
+        "occurred_at": at,
+        "sku": sku,
+        "available": available,
+        "key": sku,
+        "payload": "{}",
+    }
+
+
+def test_a_stockout_that_spans_days_is_one_stockout_with_all_its_hours(tmp_path: Path):
+    warehouse = Warehouse(tmp_path)
+    day1 = datetime(2026, 3, 1, 20, tzinfo=UTC)
+    rows = [
+        _stock("A", day1, 0, "s1"),  # out at 20:00 on the 1st ...
+        _stock("A", day1 + timedelta(hours=10), 0, "s2"),  # still out on the 2nd
+        _stock("A", day1 + timedelta(hours=28), 3, "s3"),  # back at 00:00 on the 3rd
+        _stock("A", day1 + timedelta(hours=40), None, "s4"),  # an unknown level: not out
+        _stock("B", day1 + timedelta(hours=30), 0, "s5"),  # out from 02:00 on the 3rd to the end
+    ]
+    warehouse.land_frame(EVENTS, frame(EVENTS, rows))
+    warehouse.compact(min_files=1)
+    start, end = date(2026, 3, 1), date(2026, 3, 3)
+    rolled = reports.run(warehouse, "stockouts", start, end)
+    raw = reports.compute("stockouts", load(warehouse, "stockouts", start, end), start, end)
+    assert rolled == raw
+    assert [(s["sku"], s["stockouts"], s["hours_out"], s["out_now"]) for s in rolled["skus"]] == [
+        ("A", 1, 28.0, False),
+        ("B", 1, 22.0, True),
+    ]
