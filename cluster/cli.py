@@ -14,6 +14,7 @@ import getpass
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -261,12 +262,20 @@ def start_consumers(settings: Settings, urls: dict[str, str]) -> None:
 
 
 def audit_verify(
-    settings: Settings, expect_seq: int | None, expect_hash: str | None, anchored: bool = False
+    settings: Settings,
+    expect_seq: int | None,
+    expect_hash: str | None,
+    anchored: bool = False,
+    workers: int = 1,
 ) -> int:
-    """Walk the audit chain; 0 when intact, 1 at the first edited, deleted or inserted record."""
+    """Walk the audit chain; 0 when intact, 1 at the first edited, deleted or inserted record.
+
+    ``workers`` processes check seq ranges in one snapshot (``audit.verify_parallel``).
+    """
+    dsn = service_urls(settings).database
 
     async def run() -> audit.Verdict:
-        pool = await db.create_pool(service_urls(settings).database, max_size=1)
+        pool = await db.create_pool(dsn, max_size=1)
         try:
             expected = None
             if expect_seq is not None and expect_hash:
@@ -276,7 +285,7 @@ def audit_verify(
             if expected is not None:
                 _say(f"checking against anchored head {expected.seq} {expected.hash}")
             async with pool.acquire() as conn:
-                return await audit.verify(conn, expected)
+                return await audit.verify(conn, expected, dsn=dsn, workers=workers)
         finally:
             await pool.close()
 
@@ -516,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also check the newest head the ledger anchored on chain",
     )
+    verify_parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes checking the chain in parallel (default: one per core)",
+    )
     keys_parser = sub.add_parser("keys", help="token signing keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -557,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "admin":
         admin_create(settings, args.email, args.password_stdin, args.name)
     elif args.command == "audit":
-        return audit_verify(settings, args.expect_seq, args.expect_hash, args.anchored)
+        return audit_verify(
+            settings, args.expect_seq, args.expect_hash, args.anchored, args.workers
+        )
     elif args.command == "keys" and args.keys_command == "rotate-master":
         return keys_rotate_master(settings)
     elif args.command == "keys":

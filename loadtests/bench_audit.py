@@ -4,7 +4,9 @@ Runs on a private, temporary PostgreSQL (pgserver), never on the system's.
 The records are made with the real ``record_hash`` (one chain, actors and
 actions cycling, small JSON details) and loaded with COPY. Printed: the time
 of ``audit.verify`` and of the baseline (the same server-side cursor scan of the
-stored columns, no canonical text, no hashing), and their ratio.
+stored columns, no canonical text, no hashing), and their ratio, for ``verify``
+in this process and with ``--workers`` processes (default: one per core), and
+for the verify it replaced (PostgreSQL rendering the canonical text).
 
     .venv/bin/python -m loadtests.bench_audit --records 1000000
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -79,7 +82,23 @@ async def _baseline(conn: asyncpg.Connection) -> int:
     return count
 
 
-async def measure(dsn: str, n: int) -> None:
+async def _sql_canonical(conn: asyncpg.Connection) -> audit.Verdict:
+    """The verify this replaced: PostgreSQL renders ``audit_canonical``, rows one by one."""
+    walker = audit.ChainWalker()
+    query = (
+        "SELECT seq, prev_hash, hash,"
+        " audit_canonical(seq, event_id, at, actor, action, target, details) AS canon"
+        " FROM audit_log ORDER BY seq"
+    )
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        async for row in conn.cursor(query, prefetch=20_000):
+            failed = walker.step(row)
+            if failed is not None:
+                return failed
+    return walker.finish()
+
+
+async def measure(dsn: str, n: int, workers: int) -> None:
     conn = await asyncpg.connect(dsn)  # no text jsonb codec: COPY needs the binary one
     try:
         await db.migrate(conn)
@@ -90,13 +109,25 @@ async def measure(dsn: str, n: int) -> None:
         started = time.perf_counter()
         scanned = await _baseline(conn)
         baseline = time.perf_counter() - started
-        started = time.perf_counter()
-        verdict = await audit.verify(conn)
-        took = time.perf_counter() - started
-        assert verdict.ok and verdict.records == scanned == n, verdict
         print(f"baseline scan (cursor over the stored columns): {baseline:.2f}s")
-        print(f"audit verify: {took:.2f}s ({took / baseline:.2f}x baseline)")
-        print(f"verify rate: {n / took:,.0f} records/s; target: 1,000,000 in < 10 s")
+        for procs in (1, *([workers] if workers > 1 else [])):
+            started = time.perf_counter()
+            verdict = await audit.verify(conn, dsn=dsn, workers=procs)
+            took = time.perf_counter() - started
+            assert verdict.ok and verdict.records == scanned == n, verdict
+            print(
+                f"audit verify, {procs} process(es): {took:.2f}s ({took / baseline:.2f}x"
+                f" baseline), {n / took:,.0f} records/s"
+            )
+        started = time.perf_counter()
+        verdict = await _sql_canonical(conn)
+        took = time.perf_counter() - started
+        assert verdict.ok and verdict.records == n, verdict
+        print(
+            f"previous verify (SQL canonical text, row by row): {took:.2f}s"
+            f" ({took / baseline:.2f}x baseline)"
+        )
+        print("target: 1,000,000 records in < 10 s")
     finally:
         await conn.close()
 
@@ -104,13 +135,16 @@ async def measure(dsn: str, n: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel run"
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="agora-bench-audit-"))
     try:
         import pgserver
 
         server = pgserver.get_server(state / "pg", cleanup_mode="stop")
-        asyncio.run(measure(server.get_uri(), args.records))
+        asyncio.run(measure(server.get_uri(), args.records, args.workers))
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return 0
