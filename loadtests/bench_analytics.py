@@ -96,8 +96,26 @@ def generate(
             "available": pl.Series(rng.integers(0, 8, line_order.size)),
         }
     )
-    events = pl.concat([paid, funnel, stock], how="diagonal").with_columns(
-        pl.lit("k").alias("key"), pl.lit("{}").alias("payload")
+    # 3% of orders refunded (cancelled after payment, or by an operator) 1-72 h later,
+    # one refund in ten failed at the PSP (it pays nothing back).
+    refunded = np.sort(rng.choice(orders, orders * 3 // 100, replace=False))
+    failed = rng.random(refunded.size) < 0.1
+    refunds = pl.DataFrame(
+        {
+            "event_id": pl.Series([f"r{i:09d}" for i in refunded]),
+            "type": "payment.refunded",
+            "occurred_at": pl.Series(
+                order_ms[refunded] + rng.integers(3_600_000, 72 * 3_600_000, refunded.size)
+            ).cast(pl.Datetime("ms", "UTC")),
+            "order_id": order_ids.gather(refunded),
+            "amount": (gross - discounts)[refunded],
+            "payload": pl.Series(
+                ['{"status":"failed"}' if f else '{"status":"succeeded"}' for f in failed]
+            ),
+        }
+    )
+    events = pl.concat([paid, funnel, stock, refunds], how="diagonal").with_columns(
+        pl.lit("k").alias("key"), pl.col("payload").fill_null("{}")
     )
     events = events.select(
         [

@@ -4,13 +4,16 @@ Each report takes the ``events``, ``order_lines`` and ``paid_orders`` frames
 (the warehouse tables, deduplicated by ``Warehouse.scan``), an inclusive day
 range and a row limit, and returns a JSON-ready dict. Money is
 ``{"amount": <minor units>, "currency"}`` as in the API. Sales are paid orders
-(``order.confirmed``); refunds and cancellations after payment are not netted
-out.
+(``order.confirmed``).
 
 - ``sales``: by day (every day of the range, zeros included) and by category:
   gross (before discounts), discounts, net (= gross - discounts), orders, AOV
   (net / orders, rounded half up). By category the discounts are the lines'
-  promotions; an order-level coupon is not spread over categories.
+  promotions; an order-level coupon is not spread over categories. The totals
+  and each day also carry ``refunds`` (money paid back that day: cancellations
+  after payment and operator refunds, ``payment.refunded`` not failed, on the
+  refund's own day), ``refund_count`` and ``net_after_refunds`` (net - refunds);
+  categories do not (a refund is of an order, not of a line).
 - ``funnel``: distinct visitors at each stage (a visitor is ``user:<id>`` or
   an anonymous cart's id): viewed a product, added to a cart, started a
   checkout (``order.created``), paid; each stage's rate against the one
@@ -31,7 +34,7 @@ out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -44,11 +47,23 @@ from streams.events import (
     ORDER_CREATED,
     PRODUCT_VIEWED,
 )
-from streams.warehouse import Warehouse, chain_stock, frame
+from streams.warehouse import (
+    EVENT_SCHEMA,
+    REFUND_COLUMNS,
+    Warehouse,
+    chain_stock,
+    frame,
+    refunds_of,
+)
 
 CURRENCY = "BRL"
 # The event columns the funnel and stock-outs read (never the payload, the widest).
 EVENT_COLUMNS = ("event_id", "type", "occurred_at", "visitor", "sku", "available")
+
+
+def no_refunds() -> pl.DataFrame:
+    """An empty frame of ``payment.refunded`` rows (``REFUND_COLUMNS``)."""
+    return pl.DataFrame(schema={c: EVENT_SCHEMA[c] for c in REFUND_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class Frames:
     events: pl.DataFrame
     lines: pl.DataFrame
     orders: pl.DataFrame  # ``paid_orders``
+    refunds: pl.DataFrame = field(default_factory=no_refunds)  # ``payment.refunded`` events
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class Report:
     event_types: tuple[str, ...] = ()  # the events it reads (none: not ``events``)
     lines: bool = False  # whether it reads ``order_lines``
     orders: bool = False  # whether it reads ``paid_orders``
+    refunds: bool = False  # whether it reads ``payment.refunded`` events
     history: bool = False  # whether it needs everything before the range too
 
 
@@ -135,11 +152,18 @@ def sales(frames: Frames, start: date, end: date, limit: int) -> dict[str, Any]:
         )
         .sort(["net", "category"], descending=[True, False])
     )
+    refunds = refunds_of(frames.refunds).filter(pl.col("day").is_between(start, end))
+    daily_refunds = refunds.group_by("day").agg(
+        pl.col("amount").sum().alias("refunds"), pl.len().alias("refund_count")
+    )
+    by_day = by_day.join(daily_refunds, on="day", how="left").fill_null(0).sort("day")
     total = {
         "gross": int(paid["gross"].sum()),
         "discounts": int(paid["discounts"].sum()),
         "net": int(paid["net"].sum()),
         "orders": paid.height,
+        "refunds": int(refunds["amount"].sum()),
+        "refund_count": refunds.height,
     }
     return _sales(total, by_day, by_category, currency)
 
@@ -148,13 +172,18 @@ def _sales(
     total: dict[str, int], by_day: pl.DataFrame, by_category: pl.DataFrame, currency: str
 ) -> dict[str, Any]:
     def row(r: dict[str, Any]) -> dict[str, Any]:
-        return {
+        out = {
             "gross": _money(r["gross"], currency),
             "discounts": _money(r["discounts"], currency),
             "net": _money(r["net"], currency),
             "orders": int(r["orders"]),
             "aov": _money(_aov(int(r["net"]), int(r["orders"])), currency),
         }
+        if "refunds" in r:
+            out["refunds"] = _money(r["refunds"], currency)
+            out["refund_count"] = int(r["refund_count"])
+            out["net_after_refunds"] = _money(int(r["net"]) - int(r["refunds"]), currency)
+        return out
 
     return {
         "totals": row(total),
@@ -414,15 +443,24 @@ def _sums(*columns: str) -> list[pl.Expr]:
 def sales_from_rollups(r: Rollups, start: date, end: date, limit: int) -> dict[str, Any]:
     del limit
     daily = r["sales"].group_by("day").agg(_sums("gross", "discounts", "net", "orders"))
+    refunds = r["refunds"].group_by("day").agg(_sums("refunds", "refund_count"))
     days = pl.DataFrame({"day": pl.date_range(start, end, "1d", eager=True)})
-    by_day = days.join(daily, on="day", how="left").fill_null(0).sort("day")
+    by_day = (
+        days.join(daily, on="day", how="left")
+        .join(refunds, on="day", how="left")
+        .fill_null(0)
+        .sort("day")
+    )
     by_category = (
         r["categories"]
         .group_by("category")
         .agg(_sums("gross", "discounts", "net", "orders", "units"))
         .sort(["net", "category"], descending=[True, False])
     )
-    total = {c: int(daily[c].sum()) for c in ("gross", "discounts", "net", "orders")}
+    total = {
+        c: int(by_day[c].sum())
+        for c in ("gross", "discounts", "net", "orders", "refunds", "refund_count")
+    }
     return _sales(total, by_day, by_category, _rollup_currency(r))
 
 
@@ -487,7 +525,7 @@ class RollupReport:
 
 
 ROLLUP_REPORTS: dict[str, RollupReport] = {
-    "sales": RollupReport(sales_from_rollups, ("sales", "categories")),
+    "sales": RollupReport(sales_from_rollups, ("sales", "categories", "refunds")),
     "funnel": RollupReport(funnel_from_rollups, ("funnel",)),
     "rfm": RollupReport(rfm_from_rollups, ("customers", "sales")),
     "cohorts": RollupReport(cohorts_from_rollups, ("customers",), history=True),
@@ -512,7 +550,7 @@ def run(warehouse: Warehouse, name: str, start: date, end: date, limit: int = 10
 
 
 REPORTS: dict[str, Report] = {
-    "sales": Report(sales, orders=True, lines=True),
+    "sales": Report(sales, orders=True, lines=True, refunds=True),
     "funnel": Report(funnel, tuple(t for _, t in FUNNEL_STAGES)),
     "rfm": Report(rfm, orders=True),
     "cohorts": Report(cohorts, orders=True, history=True),

@@ -49,6 +49,7 @@ from streams.events import (
     INVENTORY_CHANGED,
     ORDER_CONFIRMED,
     ORDER_CREATED,
+    PAYMENT_REFUNDED,
     PRODUCT_VIEWED,
     Envelope,
     uuid7,
@@ -175,6 +176,14 @@ ROLLUP_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "visitor": pl.String(),
         "events": pl.Int64(),
     },
+    # Refunds paid out that day (``payment.refunded``, not failed) by currency: the
+    # refund's own day, which may be later than the sale's.
+    "refunds": {
+        "day": pl.Date(),
+        "currency": pl.String(),
+        "refunds": pl.Int64(),
+        "refund_count": pl.Int64(),
+    },
     # Stock changes by SKU: the day's ends, so days chain into intervals at zero.
     "stock": {
         "day": pl.Date(),
@@ -188,6 +197,11 @@ ROLLUP_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "first_out": _MS,
     },
 }
+# Bump when a rollup's meaning or schema changes: every sources record names it, so
+# rollups written before no longer match and are rebuilt (read from rows until then).
+ROLLUP_VERSION = 2
+# What the refund figures read of ``payment.refunded`` events (the status is in the payload).
+REFUND_COLUMNS = ["event_id", "occurred_at", "order_id", "amount", "currency", "payload"]
 # The columns of each table the rollups read.
 ROLLUP_COLUMNS = {
     EVENTS: ["event_id", "type", "occurred_at", "visitor", "sku", "available"],
@@ -196,10 +210,28 @@ ROLLUP_COLUMNS = {
 }
 
 
+def refunds_of(events: pl.DataFrame) -> pl.DataFrame:
+    """The refunds paid out among ``payment.refunded`` rows (``REFUND_COLUMNS``): a
+    failed refund returned nothing; a refund without an amount counts as zero."""
+    status = pl.col("payload").str.json_path_match("$.status")
+    return events.filter(status.is_null() | (status != "failed")).select(
+        pl.col("occurred_at").dt.date().alias("day"),
+        pl.col("currency").fill_null("BRL"),
+        pl.col("amount").fill_null(0),
+    )
+
+
 def build_rollups(
-    day: date, events: pl.DataFrame, lines: pl.DataFrame, paid: pl.DataFrame
+    day: date,
+    events: pl.DataFrame,
+    lines: pl.DataFrame,
+    paid: pl.DataFrame,
+    refunds: pl.DataFrame | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """The rollups of one day from its deduplicated rows (pure; sorted, fixed schemas)."""
+    """The rollups of one day from its deduplicated rows (pure; sorted, fixed schemas);
+    ``refunds`` are the day's ``payment.refunded`` events (``REFUND_COLUMNS``)."""
+    if refunds is None:
+        refunds = pl.DataFrame(schema={c: EVENT_SCHEMA[c] for c in REFUND_COLUMNS})
     paid = paid.unique("order_id", keep="first", maintain_order=True)
     lines = lines.join(paid.select("event_id"), on="event_id", how="semi")
     out = {
@@ -226,6 +258,9 @@ def build_rollups(
         "funnel": events.filter(pl.col("type").is_in(FUNNEL_TYPES))
         .group_by("type", "visitor")
         .agg(pl.len().alias("events")),
+        "refunds": refunds_of(refunds)
+        .group_by("currency")
+        .agg(pl.col("amount").sum().alias("refunds"), pl.len().alias("refund_count")),
         "stock": _stock_day(events),
     }
     result = {}
@@ -392,11 +427,11 @@ def chain_stock(days: pl.DataFrame, until: datetime | None) -> pl.DataFrame:
 def merge_rollup(name: str, days: pl.DataFrame) -> pl.DataFrame:
     """Several days' rollup ``name`` as one (a month's file), same schema; ``day`` is
     then the span's first day (the last for ``customers``, which RFM reads as the
-    last order). Sales stay by day (the report lists days)."""
+    last order). Sales and refunds stay by day (the report lists days)."""
     schema = ROLLUP_SCHEMAS[name]
     sums = [pl.col(c).sum() for c in ("gross", "discounts", "net", "orders", "units")]
     days = days.sort("day", maintain_order=True)
-    if name == "sales":
+    if name in ("sales", "refunds"):
         merged = days
     elif name == "categories":
         merged = days.group_by("category").agg(pl.col("day").min(), *sums)
@@ -421,7 +456,7 @@ def merge_rollup(name: str, days: pl.DataFrame) -> pl.DataFrame:
     merged = merged.select([pl.col(c).cast(t) for c, t in schema.items()])
     keys = ("currency", "category", "sku", "user_id", "type", "visitor")
     return merged.sort(
-        [c for c in ("day", *keys) if c in schema and (c != "day" or name == "sales")],
+        [c for c in ("day", *keys) if c in schema and (c != "day" or name in ("sales", "refunds"))],
         nulls_last=True,
     )
 
@@ -461,7 +496,7 @@ def _year_dir(root: Path, year: int) -> Path:
 
 
 def _record(sources: Mapping[str, Any]) -> str:
-    return json.dumps(sources, sort_keys=True, separators=(",", ":"))
+    return json.dumps({**sources, "rollups": ROLLUP_VERSION}, sort_keys=True, separators=(",", ":"))
 
 
 def _day_of(path: Path) -> date | None:
@@ -600,7 +635,8 @@ class Warehouse:
     def _day_rollups(self, day: date) -> dict[str, pl.DataFrame]:
         """The day's rollups computed from its rows (what ``compact`` writes)."""
         rows = {t: self.scan(t, day, day, columns=ROLLUP_COLUMNS[t]) for t in TABLES}
-        return build_rollups(day, rows[EVENTS], rows[ORDER_LINES], rows[PAID_ORDERS])
+        refunds = self.scan(EVENTS, day, day, types=[PAYMENT_REFUNDED.name], columns=REFUND_COLUMNS)
+        return build_rollups(day, rows[EVENTS], rows[ORDER_LINES], rows[PAID_ORDERS], refunds)
 
     def _write_rollups(
         self, folder: Path, rollups: Mapping[str, pl.DataFrame], record: str
@@ -661,7 +697,12 @@ class Warehouse:
         for year, days in years.items():
             folder = _year_dir(self.root, year)
             recorded = json.loads(self._recorded(folder) or "{}")
-            good = [d for d in days if recorded.get(d.isoformat()) == self._sources(d)]
+            good = [
+                d
+                for d in days
+                if recorded.get("rollups") == ROLLUP_VERSION
+                and recorded.get(d.isoformat()) == self._sources(d)
+            ]
             if good:
                 counts = pl.read_parquet(folder / "funnel_events.parquet")
                 events.append(counts.filter(pl.col("day").is_in(good)).select("type", "events"))

@@ -21,8 +21,9 @@ from serve.auth.principal import ADMIN, Admin
 from serve.problems import Problem
 from serve.runtime import runtime
 from streams import charts, reports
+from streams.events import PAYMENT_REFUNDED
 from streams.reports import EVENT_COLUMNS
-from streams.warehouse import EVENTS, ORDER_LINES, PAID_ORDERS, Warehouse
+from streams.warehouse import EVENTS, ORDER_LINES, PAID_ORDERS, REFUND_COLUMNS, Warehouse
 
 router = APIRouter(tags=["admin"])
 
@@ -55,6 +56,11 @@ def load(warehouse: Warehouse, name: str, start: date, end: date) -> reports.Fra
         ),
         lines=table(ORDER_LINES, report.lines),
         orders=table(PAID_ORDERS, report.orders),
+        refunds=warehouse.scan(
+            EVENTS, first, end, types=[PAYMENT_REFUNDED.name], columns=REFUND_COLUMNS
+        )
+        if report.refunds
+        else reports.no_refunds(),
     )
 
 

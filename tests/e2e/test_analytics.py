@@ -157,3 +157,29 @@ def test_anonymous_gets_401_and_a_shopper_403(http):
 )
 def test_garbage_input_gets_a_problem(http, admin, path, params, status: int | set[int]):
     assert_problem(http.get(f"{ROUTE}/{path}", params=params, headers=admin), status)
+
+
+async def test_a_cancelled_paid_order_is_netted_out_as_a_refund(http, admin, db):
+    sku = await new_product(db, 10, price=3_330, category="an-refunds")
+    shopper = auth(new_shopper(http))
+    today = _today()
+
+    def totals() -> dict:
+        reply = http.get(f"{ROUTE}/sales", params={"from": today, "to": today}, headers=admin)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["totals"]
+
+    order = _buy(http, shopper, sku, 1)
+    before = totals()["refunds"]["amount"]
+    cancelled = http.post(f"/v1/orders/{order['id']}/cancel", headers=shopper)
+    assert cancelled.status_code == 200, cancelled.text
+    paid = order["totals"]["total"]["amount"]
+    seen: dict = {}
+
+    async def netted() -> bool:
+        seen.update(totals())
+        return seen["refunds"]["amount"] >= before + paid
+
+    await eventually(netted, timeout=30, interval=0.5)
+    assert seen["refund_count"] >= 1
+    assert seen["net_after_refunds"]["amount"] == seen["net"]["amount"] - seen["refunds"]["amount"]

@@ -180,3 +180,58 @@ def test_a_stockout_that_spans_days_is_one_stockout_with_all_its_hours(tmp_path:
         ("A", 1, 28.0, False),
         ("B", 1, 22.0, True),
     ]
+
+
+def test_sales_net_out_refunds_on_their_own_day_and_skip_failed_ones(
+    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+):
+    events, lines, paid = generated
+    warehouse = Warehouse(tmp_path)
+    _land(warehouse, {EVENTS: events, ORDER_LINES: lines, PAID_ORDERS: paid})
+    warehouse.compact(min_files=1)
+    refunds = events.filter(pl.col("type") == "payment.refunded")
+    paid_back = refunds.filter(~pl.col("payload").str.contains("failed"))
+    assert 0 < paid_back.height < refunds.height  # the generator plants both kinds
+    end = refunds["occurred_at"].max().date()  # type: ignore[union-attr]
+    for report in (
+        reports.run(warehouse, "sales", FIRST, end),
+        reports.compute("sales", load(warehouse, "sales", FIRST, end), FIRST, end),
+    ):
+        totals = report["totals"]
+        assert totals["refunds"]["amount"] == paid_back["amount"].sum()
+        assert totals["refund_count"] == paid_back.height
+        assert totals["net_after_refunds"]["amount"] == (
+            totals["net"]["amount"] - paid_back["amount"].sum()
+        )
+        # Each day carries the refunds made that day, whatever day the sale was.
+        day = paid_back["occurred_at"][0].date()
+        that_day = paid_back.filter(pl.col("occurred_at").dt.date() == day)
+        row = next(r for r in report["by_day"] if r["day"] == day.isoformat())
+        assert row["refunds"]["amount"] == that_day["amount"].sum()
+        assert all("refunds" not in r for r in report["by_category"])
+
+
+def test_rollups_written_by_an_older_version_are_not_trusted(tmp_path: Path):
+    day = date(2026, 3, 2)
+    at = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    warehouse = Warehouse(tmp_path)
+    refund = {
+        "event_id": "r1",
+        "type": "payment.refunded",
+        "occurred_at": at,
+        "order_id": "o1",
+        "amount": 700,
+        "payload": '{"status":"succeeded"}',
+    }
+    warehouse.land_frame(EVENTS, frame(EVENTS, [refund]))
+    warehouse.compact(min_files=1)
+    folder = tmp_path / ROLLUPS / f"day={day.isoformat()}"
+    record = (folder / SOURCES_FILE).read_text()
+    assert '"rollups":' in record
+    # A record as the first rollups wrote it (no version) over an empty refunds file.
+    (folder / SOURCES_FILE).write_text(
+        record.replace(',"rollups":2', "").replace('"rollups":2,', "")
+    )
+    (folder / "refunds.parquet").unlink()
+    sales = reports.run(warehouse, "sales", day, day)
+    assert sales["totals"]["refunds"]["amount"] == 700
