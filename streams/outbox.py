@@ -222,6 +222,8 @@ class OutboxRelay:
         self._producers: dict[str, pulsar.Producer] = {}
         self._connect_lock: asyncio.Lock | None = None
         self._producer_lock: asyncio.Lock | None = None
+        # One batch at a time: ``drain`` racing the loop would interleave a key's batches.
+        self._publish_lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._sent_total = 0
@@ -329,8 +331,13 @@ class OutboxRelay:
 
     async def _publish_once(self) -> int:
         assert self._pool is not None
+        if self._publish_lock is None:
+            self._publish_lock = asyncio.Lock()
         try:
-            sent = await publish_pending(self._pool, self._producer_for, self._config.batch_size)
+            async with self._publish_lock:
+                sent = await publish_pending(
+                    self._pool, self._producer_for, self._config.batch_size
+                )
         except OutboxPublishError as exc:
             self._sent_total += exc.sent
             raise
