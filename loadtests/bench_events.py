@@ -25,6 +25,11 @@ PostgreSQL and the embedded SMTP server's Maildir (``var/mail/new``):
    ``processed_events.processed_at`` per consumer. The achieved insert rate is
    printed next to the target. Those events stay in the audit log (actors
    ``bench-events-<run>-<n>``): run it on a development system only.
+3. ``burst``: ``--burst`` such events go into the outbox in one transaction, so
+   the relay publishes them at once (as after a pause), each with its own key;
+   the time until each consumer has processed all of them, against the relay's
+   publish of the last one, shows a delivery stall (docs/PERFORMANCE.md,
+   "Events"). 0 skips it.
 
 All clocks are the one machine's (PostgreSQL ``now()``, the actors', the
 file system's). Needs the per-IP limits raised (see docs/PERFORMANCE.md):
@@ -302,6 +307,48 @@ WHERE o.event_id = ANY($1::uuid[])
 """
 
 
+def made_up_logins(topic: str, tag: str, start: int, count: int) -> list[tuple[str, ...]]:
+    """Outbox rows of ``count`` ``auth.logged_in`` events of made-up users (one key each)."""
+    rows: list[tuple[str, ...]] = []
+    for n in range(start, start + count):
+        user = f"bench-events-{tag}-{n}"
+        event = make_event(AUTH_LOGGED_IN, user, {"user_id": user}, int(time.time() * 1000))
+        rows.append((event.id, topic, event.key, event.type, encode(event).decode()))
+    return rows
+
+
+async def burst_phase(count: int, drain_s: float) -> dict[str, Any]:
+    """``count`` events committed at once; per consumer, when the last one was processed."""
+    settings = get_settings()
+    topic = topic_for(AUTH_LOGGED_IN.name, settings.events_tenant, settings.events_namespace)
+    rows = made_up_logins(topic, f"burst-{uuid.uuid4().hex[:8]}", 0, count)
+    ids = [r[0] for r in rows]
+    conn = await connect(service_urls().database)
+    try:
+        async with conn.transaction():
+            await conn.executemany(_INSERT, rows)
+        give_up = time.monotonic() + drain_s
+        while True:
+            found = await conn.fetch(_LAG, ids, list(LAG_CONSUMERS))
+            done = sum(1 for r in found if r["processed_at"] is not None)
+            if done >= count * len(LAG_CONSUMERS) or time.monotonic() > give_up:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    created = min(r["created_at"].timestamp() for r in found)
+    sent = [r["sent_at"].timestamp() for r in found if r["sent_at"] is not None]
+    per: dict[str, list[float]] = {c: [] for c in LAG_CONSUMERS}
+    for r in found:
+        if r["consumer"] is not None and r["processed_at"] is not None:
+            per[r["consumer"]].append((r["processed_at"].timestamp() - created) * 1000)
+    return {
+        "events": count,
+        "published_ms": (max(sent, default=math.nan) - created) * 1000,
+        "consumers": per,
+    }
+
+
 async def lag_phase(rate: float, seconds: float, drain_s: float) -> dict[str, Any]:
     settings = get_settings()
     topic = topic_for(AUTH_LOGGED_IN.name, settings.events_tenant, settings.events_namespace)
@@ -312,12 +359,7 @@ async def lag_phase(rate: float, seconds: float, drain_s: float) -> dict[str, An
         start = time.monotonic()
         tick = 0.02  # 50 small inserts a second: the events arrive spread, not in bursts
         while (elapsed := time.monotonic() - start) < seconds:
-            batch: list[tuple[str, str, str, str, str]] = []
-            for _ in range(due(elapsed, rate) - len(ids)):
-                user = f"bench-events-{tag}-{len(ids) + len(batch)}"
-                now_ms = int(time.time() * 1000)
-                event = make_event(AUTH_LOGGED_IN, user, {"user_id": user}, now_ms)
-                batch.append((event.id, topic, event.key, event.type, encode(event).decode()))
+            batch = made_up_logins(topic, tag, len(ids), due(elapsed, rate) - len(ids))
             if batch:
                 await conn.executemany(_INSERT, batch)
                 ids += [b[0] for b in batch]
@@ -377,6 +419,16 @@ async def main(args: argparse.Namespace) -> None:
             f"\nlag: {lag['events']} auth.logged_in events at {lag['achieved']:.1f}/s"
             f" (target {args.rate:.0f}/s) over {args.lag_seconds:.0f} s"
         )
+    if args.burst > 0:
+        burst = await burst_phase(args.burst, args.drain)
+        print("\n| burst: outbox commit -> processed | n | p50 ms | p95 ms | p99 ms | max ms |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for consumer, values in burst["consumers"].items():
+            print(row(f"{consumer}", values))
+        print(
+            f"\nburst: {burst['events']} auth.logged_in events in one transaction, the relay"
+            f" published the last {burst['published_ms']:.0f} ms after the commit"
+        )
 
 
 if __name__ == "__main__":
@@ -387,6 +439,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0, help="events a second (lag phase)")
     parser.add_argument("--lag-seconds", type=float, default=30.0)
     parser.add_argument("--drain", type=float, default=30.0, help="wait this long for stragglers")
+    parser.add_argument("--burst", type=int, default=1000, help="events at once (0: skip)")
     parser.add_argument("--skip-email", action="store_true")
     parser.add_argument("--skip-lag", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -20,6 +20,26 @@ Only when the dead-letter publish itself fails is the message negatively
 acknowledged; the subscription's dead-letter policy then takes over on a
 broker that honours it.
 
+Batches. A consumer with ``batch_max > 1`` takes the messages that are
+already in its receive queue (never waiting for more) with the one it was
+waiting for, up to ``batch_max``, and applies them in one transaction: one
+multi-row claim in ``processed_events``, each new event's effect in arrival
+order, one commit, then the acknowledgements. Under load that is one commit
+and one connection checkout per batch instead of per event; when idle a batch
+is one message, as before. Any failure in a batch (a poison message, the
+database away) rolls the whole batch back and its messages go through the
+one-at-a-time path above, with its retries and dead-letter topic, so a batch
+changes when events are committed, never whether or how often they apply.
+
+Receive queue. Each subscription is opened with a receive queue of
+``receiver_queue_size`` messages (100) instead of the client's 1000: the
+flow-control permits, how far the broker may push messages ahead of what we
+have taken. On pulsar-lite 0.2 a Key_Shared subscription given a burst of
+many distinct keys at once (the relay publishing a backlog) delivers nothing
+for seconds with 1000 permits (500 keys: ~3 s; 1000 keys: 3 to 13 s) and
+almost at once with 100 (1000 keys: <0.1 s); docs/DECISIONS.md, "Mail latency
+and the consumer stall".
+
 Two pulsar-lite faults are worked around here, on one client (so each new
 subscribe gets a new consumer id from the client's counter). A consumer
 killed without closing can stay registered in the Key_Shared dispatcher, and
@@ -38,6 +58,7 @@ import abc
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -70,6 +91,11 @@ INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
 RETURNING 1
 """
+_CLAIM_EVENTS = """
+INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[])
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
 _PARTITION_SUFFIX = re.compile(r"-partition-\d+$")
 
 
@@ -84,6 +110,10 @@ class IdempotentConsumer(abc.ABC):
     name: str
     topics: Sequence[str]
     max_attempts: int = 5
+    # Flow-control permits: messages the broker may push ahead of our receives (client: 1000).
+    receiver_queue_size: int = 100
+    # Messages applied in one transaction at most (1: one transaction each); see the module doc.
+    batch_max: int = 1
     retry_backoff_s: float = 0.1
     max_redeliver_count: int = 5
     negative_ack_redelivery_delay_ms: int = 1000
@@ -131,6 +161,35 @@ class IdempotentConsumer(abc.ABC):
             await self.apply(conn, envelope)
             return True
 
+    async def handle_batch(self, pool: asyncpg.Pool, envelopes: Sequence[Envelope]) -> int:
+        """Apply every envelope not applied before, in order, in one transaction; how many.
+
+        Raises (and commits nothing) when any of them fails; the caller then
+        takes them one at a time.
+        """
+        ids = [uuid.UUID(envelope.id) for envelope in envelopes]  # ValueError: not a UUID
+        async with pool.acquire() as conn, conn.transaction():
+            tracing.instrument_connection(conn)
+            fresh = {row["event_id"] for row in await conn.fetch(_CLAIM_EVENTS, self.name, ids)}
+            applied = 0
+            for event_id, envelope in zip(ids, envelopes, strict=True):
+                if event_id not in fresh:
+                    continue  # applied before, or earlier in this batch (a redelivery)
+                fresh.discard(event_id)
+                parent = tracing.event_context(envelope)
+                if parent is None:
+                    await self.apply(conn, envelope)
+                else:
+                    with tracing.span(
+                        f"{self.name} consume {envelope.type}",
+                        kind=SpanKind.CONSUMER,
+                        parent=parent,
+                        attributes=_span_attributes(self.name, envelope),
+                    ):
+                        await self.apply(conn, envelope)
+                applied += 1
+            return applied
+
     async def run(
         self,
         pool: asyncpg.Pool,
@@ -156,6 +215,7 @@ class IdempotentConsumer(abc.ABC):
                 self.name,
                 consumer_type=pulsar.ConsumerType.KeyShared,
                 initial_position=subscription_initial_position,
+                receiver_queue_size=self.receiver_queue_size,
                 negative_ack_redelivery_delay_ms=self.negative_ack_redelivery_delay_ms,
                 dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
                     max_redeliver_count=self.max_redeliver_count,
@@ -182,7 +242,8 @@ class IdempotentConsumer(abc.ABC):
                         last_message = loop.time()
                     continue
                 last_message = loop.time()
-                await self._process(pool, client, consumer, message, dead_letters, stop_event)
+                batch = [message, *_already_received(consumer, self.batch_max - 1)]
+                await self._process_batch(pool, client, consumer, batch, dead_letters, stop_event)
                 await self._tick(pool)
         finally:
             for producer in dead_letters.values():
@@ -209,6 +270,35 @@ class IdempotentConsumer(abc.ABC):
                 delay = self.subscribe_backoff_s * 2 ** min(attempt - 1, 10)
                 await asyncio.sleep(min(delay, MAX_TRANSIENT_BACKOFF_S))
         return None
+
+    async def _process_batch(
+        self,
+        pool: asyncpg.Pool,
+        client: pulsar.Client,
+        consumer: pulsar.Consumer,
+        messages: Sequence[pulsar.Message],
+        dead_letters: dict[str, pulsar.Producer],
+        stop_event: asyncio.Event,
+    ) -> None:
+        """One transaction for ``messages``; on any failure, each through ``_process``."""
+        if len(messages) > 1:
+            try:
+                await self.handle_batch(pool, [decode(m.data()) for m in messages])
+            except Exception as exc:
+                log.info(
+                    "%s: a batch of %d failed (%s); one at a time",
+                    self.name,
+                    len(messages),
+                    _describe(exc),
+                )
+            else:
+                for message in messages:
+                    consumer.acknowledge(message)
+                return
+        for message in messages:
+            if stop_event.is_set():
+                return  # unacknowledged, they go back to the subscription when we close
+            await self._process(pool, client, consumer, message, dead_letters, stop_event)
 
     async def _process(
         self,
@@ -248,17 +338,11 @@ class IdempotentConsumer(abc.ABC):
         parent = tracing.event_context(envelope)
         if parent is None:
             return await self._apply_with_retries(pool, envelope, stop_event)
-        attributes = {
-            "messaging.system": "pulsar",
-            "messaging.consumer.group.name": self.name,
-            "messaging.message.id": envelope.id,
-            "agora.event.type": envelope.type,
-        }
         with tracing.span(
             f"{self.name} consume {envelope.type}",
             kind=SpanKind.CONSUMER,
             parent=parent,
-            attributes=attributes,
+            attributes=_span_attributes(self.name, envelope),
         ) as current:
             failure = await self._apply_with_retries(pool, envelope, stop_event)
             if failure is not None:
@@ -315,6 +399,26 @@ class IdempotentConsumer(abc.ABC):
             partition_key=message.partition_key() or None,
         )
         await loop.run_in_executor(None, send)
+
+
+def _already_received(consumer: pulsar.Consumer, limit: int) -> list[pulsar.Message]:
+    """Up to ``limit`` messages already in the client's receive queue, without waiting."""
+    found: list[pulsar.Message] = []
+    while len(found) < limit:
+        try:
+            found.append(consumer.receive(0))
+        except pulsar.Timeout:
+            break
+    return found
+
+
+def _span_attributes(name: str, envelope: Envelope) -> dict[str, str]:
+    return {
+        "messaging.system": "pulsar",
+        "messaging.consumer.group.name": name,
+        "messaging.message.id": envelope.id,
+        "agora.event.type": envelope.type,
+    }
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,6 +6,8 @@ Two halves, both hosted by one Ray actor (``NotificationsHost``):
    rendered mail and inserts it into ``mail_outbox`` in the transaction that
    records the event id as processed. A redelivered event changes nothing; a
    crash before the commit leaves neither the mail nor the processed id.
+   Events that arrive together are applied in one transaction (``batch_max``,
+   see ``streams.consumer``); a batch that fails is taken one event at a time.
 2. ``send_due`` sends queued mail one row at a time: it locks the row
    (``FOR UPDATE SKIP LOCKED``), hands the message to SMTP, and marks it sent
    in the same transaction. An SMTP failure leaves the row queued with a
@@ -13,6 +15,8 @@ Two halves, both hosted by one Ray actor (``NotificationsHost``):
    The only duplicate left is a crash between the SMTP server's "250 OK" and
    our commit (milliseconds); every mail carries a Message-ID derived from its
    dedupe key, so even that duplicate is recognisable by the receiver.
+   The send loop is woken by the commit of a transaction that queued a mail
+   (and polls every ``poll_ms`` for retries and mail the API queued).
 
 Who gets what. The user is read from PostgreSQL by id (events carry ids, not
 addresses). An erased account (``erased_at`` set) or a missing one gets
@@ -277,17 +281,28 @@ class NotificationsConsumer(IdempotentConsumer):
     """Events -> rows in ``mail_outbox``, in the transaction of the processed id."""
 
     max_attempts = 3
+    batch_max = 32
 
     def __init__(self, config: NotificationsConfig) -> None:
         self.config = config
         events = [*ACCOUNT_MAILS, *ORDER_MAILS, USER_ERASED.name]
         topics = sorted({topic_for(e, config.tenant, config.namespace) for e in events})
         super().__init__(name=config.name, topics=topics)
+        # Set once a transaction that queued a mail has committed: wakes the send loop.
         self.queued = asyncio.Event()
+        self._queued_in_transaction = False
 
     async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
+        self._queued_in_transaction = False
         applied = await super().handle(pool, envelope)
-        if applied:
+        if self._queued_in_transaction:
+            self.queued.set()
+        return applied
+
+    async def handle_batch(self, pool: asyncpg.Pool, envelopes: Sequence[Envelope]) -> int:
+        self._queued_in_transaction = False
+        applied = await super().handle_batch(pool, envelopes)
+        if self._queued_in_transaction:
             self.queued.set()
         return applied
 
@@ -317,9 +332,10 @@ class NotificationsConsumer(IdempotentConsumer):
         rendered = render(kind, locale, name=user["name"], order=order)
         key = f"{envelope.id}:{kind}"
         message = build_message(self.config.mail_from, user["email"], rendered, key)
-        await queue_mail(
+        if await queue_mail(
             conn, dedupe_key=key, kind=kind, user_id=user_id, to=user["email"], message=message
-        )
+        ):
+            self._queued_in_transaction = True
 
 
 def _user_id(envelope: Envelope, *, required: bool) -> str | None:
@@ -463,6 +479,9 @@ class NotificationsHost:
     async def _send_loop(self) -> None:
         idle = self._config.poll_ms / 1000
         while not self._stop.is_set():
+            # Cleared before the claim, never after: a mail committed while this pass
+            # runs sets it again and the wait below returns at once (no lost wake-up).
+            self._consumer.queued.clear()
             try:
                 await self.send_now()
             except asyncio.CancelledError:
@@ -470,7 +489,6 @@ class NotificationsHost:
             except Exception as exc:
                 self._last_error = f"send: {type(exc).__name__}: {exc}"
                 log.warning("notifications: %s", self._last_error)
-            self._consumer.queued.clear()
             try:
                 await asyncio.wait_for(self._consumer.queued.wait(), timeout=idle)
             except TimeoutError:

@@ -13,7 +13,7 @@ import pytest
 
 from loadtests import bench_events
 from streams.consumers.notifications import Rendered, build_message
-from streams.events import uuid7
+from streams.events import decode, uuid7
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -81,3 +81,22 @@ def test_windows_keep_the_worst_value_of_each_slot() -> None:
     worst = bench_events.windows(points, start=100.0)
     assert worst[0] == 9.0 and math.isnan(worst[1]) and worst[2] == 2.0
     assert bench_events.windows([], start=0.0) == []
+
+
+def test_made_up_logins_are_outbox_rows_with_one_key_each() -> None:
+    rows = bench_events.made_up_logins("persistent://agora/events/auth", "t", 5, 3)
+    assert [r[2] for r in rows] == ["bench-events-t-5", "bench-events-t-6", "bench-events-t-7"]
+    for event_id, topic, key, kind, envelope in rows:
+        event = decode(envelope.encode())
+        assert (
+            (event.id, event.key, event.type)
+            == (event_id, key, kind)
+            == (
+                event_id,
+                key,
+                "auth.logged_in",
+            )
+        )
+        assert topic == "persistent://agora/events/auth" and event.payload == {"user_id": key}
+        assert uuid.UUID(event_id).version == 7
+    assert bench_events.made_up_logins("x", "t", 0, 0) == []
