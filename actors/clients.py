@@ -5,6 +5,10 @@ Callers (API routes, the order saga's port adapters, the CLI) hold a
 one Ray call, and returns the shard's typed reply (frozen values, or the one
 ``actors.messages.Rejected``). Nobody else computes shard names or calls
 ``.remote(`` on a shard handle.
+
+Carts and sessions move between shards live (``agora scale``): their calls go
+through ``_routed``, which follows a shard's ``Rejected("moved")`` to the newer
+ring and retries on the new owner; no caller ever sees that rejection.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import asyncio
 from typing import Any, cast
 
 from actors.cart.model import CartView, CartViewLine
+from actors.directory import RingSpec
 from actors.inventory.model import Audit, Done, Held, LineHold, Short, StockView
-from actors.messages import Rejected
+from actors.messages import MOVED, Rejected
 from actors.order.model import OrderReply, PixSettled
 from streams.tracing import carrier as trace_carrier
 
@@ -31,6 +36,33 @@ def _call(handle: Any, method: str, *args: Any) -> Any:
     return handle.traced.remote(carrier, method, *args)
 
 
+# A "moved" answer is followed this many times; a shard still on the older ring (the
+# rescale has not reached it yet) is retried after a short, growing pause.
+MOVED_RETRIES = 8
+MOVED_PAUSE_S = 0.02
+MOVED_PAUSE_MAX_S = 0.5
+
+
+class ShardMoved(RuntimeError):
+    """A key kept being refused as moved: the rescale did not finish in time."""
+
+
+async def _routed(directory: Any, kind: str, key: str, method: str, *args: Any) -> Any:
+    """``method(key, *args)`` on the shard owning ``key``, following "moved" answers."""
+    carrier = trace_carrier()
+    for attempt in range(MOVED_RETRIES):
+        handle = directory.get(kind, key)
+        if carrier is None:
+            reply = await handle.call.remote(method, key, *args)
+        else:
+            reply = await handle.traced.remote(carrier, method, key, *args)
+        if not (isinstance(reply, Rejected) and reply.code == MOVED):
+            return reply
+        if reply.ring is None or not directory.adopt(kind, *reply.ring):
+            await asyncio.sleep(min(MOVED_PAUSE_S * 2**attempt, MOVED_PAUSE_MAX_S))
+    raise ShardMoved(f"{kind} {key}: still moving after {MOVED_RETRIES} tries")
+
+
 class _Client:
     def __init__(self, directory: Any) -> None:
         self.directory = directory
@@ -39,48 +71,45 @@ class _Client:
 class CartClient(_Client):
     """Carts: lines, coupon, merge on login, clear after an order."""
 
-    def _shard(self, cart_id: str) -> Any:
-        return self.directory.get("cart", cart_id)
-
     async def get(self, cart_id: str) -> CartView:
-        return cast(CartView, await _call(self._shard(cart_id), "view", cart_id))
+        return cast(CartView, await _routed(self.directory, "cart", cart_id, "view"))
 
     async def add_item(
         self, cart_id: str, sku: str, name: str, unit_price: int, quantity: int
     ) -> CartView | Rejected:
-        reply = await _call(
-            self._shard(cart_id), "add_item", cart_id, sku, name, unit_price, quantity
+        reply = await _routed(
+            self.directory, "cart", cart_id, "add_item", sku, name, unit_price, quantity
         )
         return cast(CartView | Rejected, reply)
 
     async def set_quantity(self, cart_id: str, sku: str, quantity: int) -> CartView | Rejected:
-        reply = await _call(self._shard(cart_id), "set_quantity", cart_id, sku, quantity)
+        reply = await _routed(self.directory, "cart", cart_id, "set_quantity", sku, quantity)
         return cast(CartView | Rejected, reply)
 
     async def remove_item(self, cart_id: str, sku: str) -> CartView | Rejected:
-        reply = await _call(self._shard(cart_id), "remove_item", cart_id, sku)
+        reply = await _routed(self.directory, "cart", cart_id, "remove_item", sku)
         return cast(CartView | Rejected, reply)
 
     async def apply_coupon(self, cart_id: str, code: str) -> CartView | Rejected:
-        reply = await _call(self._shard(cart_id), "apply_coupon", cart_id, code)
+        reply = await _routed(self.directory, "cart", cart_id, "apply_coupon", code)
         return cast(CartView | Rejected, reply)
 
     async def remove_coupon(self, cart_id: str) -> CartView:
-        return cast(CartView, await _call(self._shard(cart_id), "remove_coupon", cart_id))
+        return cast(CartView, await _routed(self.directory, "cart", cart_id, "remove_coupon"))
 
     async def absorb(
         self, cart_id: str, lines: tuple[CartViewLine, ...], coupon: str | None
     ) -> CartView:
         """Login merge, one command on the receiving cart's shard (durable when answered)."""
-        reply = await _call(self._shard(cart_id), "absorb", cart_id, lines, coupon)
+        reply = await _routed(self.directory, "cart", cart_id, "absorb", lines, coupon)
         return cast(CartView, reply)
 
     async def clear(self, cart_id: str) -> CartView:
         """Empty the cart (lines and coupon), durably."""
-        return cast(CartView, await _call(self._shard(cart_id), "clear", cart_id))
+        return cast(CartView, await _routed(self.directory, "cart", cart_id, "clear"))
 
     async def persist(self, cart_id: str) -> None:
-        await _call(self._shard(cart_id), "persist", cart_id)
+        await _routed(self.directory, "cart", cart_id, "persist")
 
 
 class InventoryClient(_Client):
@@ -152,35 +181,38 @@ class InventoryClient(_Client):
 class SessionClient(_Client):
     """Refresh-token families and sessions of a user."""
 
-    def _shard(self, user_id: str) -> Any:
-        return self.directory.get("session", user_id)
-
     async def open(
         self, user_id: str, sid: str, refresh_hash: str, device: str, lifetime_ms: int
     ) -> None:
-        await _call(self._shard(user_id), "open", user_id, sid, refresh_hash, device, lifetime_ms)
+        await _routed(
+            self.directory, "session", user_id, "open", sid, refresh_hash, device, lifetime_ms
+        )
 
     async def rotate(
         self, user_id: str, sid: str, presented_hash: str, new_hash: str
     ) -> Rejected | None:
-        reply = await _call(self._shard(user_id), "rotate", user_id, sid, presented_hash, new_hash)
+        reply = await _routed(
+            self.directory, "session", user_id, "rotate", sid, presented_hash, new_hash
+        )
         return cast(Rejected | None, reply)
 
     async def revoke(self, user_id: str, sid: str, reason: str) -> bool:
-        return cast(bool, await _call(self._shard(user_id), "revoke", user_id, sid, reason))
+        return cast(bool, await _routed(self.directory, "session", user_id, "revoke", sid, reason))
 
     async def revoke_all(self, user_id: str, reason: str) -> list[str]:
-        return cast(list[str], await _call(self._shard(user_id), "revoke_all", user_id, reason))
+        return cast(
+            list[str], await _routed(self.directory, "session", user_id, "revoke_all", reason)
+        )
 
     async def erase(self, user_id: str) -> None:
-        await _call(self._shard(user_id), "erase", user_id)
+        await _routed(self.directory, "session", user_id, "erase")
 
     async def active(self, user_id: str) -> list[dict[str, Any]]:
         """The user's active sessions (no token material)."""
-        return cast(list[dict[str, Any]], await _call(self._shard(user_id), "list", user_id))
+        return cast(list[dict[str, Any]], await _routed(self.directory, "session", user_id, "list"))
 
     async def is_active(self, user_id: str, sid: str) -> bool:
-        return cast(bool, await _call(self._shard(user_id), "is_active", user_id, sid))
+        return cast(bool, await _routed(self.directory, "session", user_id, "is_active", sid))
 
 
 class OrderClient(_Client):
@@ -239,6 +271,22 @@ class ShardOps(_Client):
     async def ping_all(self, kinds: tuple[str, ...]) -> list[str]:
         """Every shard of every kind answers; created (detached) where missing."""
         return [name for kind in kinds for name in await self.ping(kind)]
+
+    async def adopt_ring(self, names: list[str], spec: RingSpec) -> list[dict[str, Any]]:
+        """Every named shard follows ``spec`` (each answers once its leaving keys flushed)."""
+        handles = [self.directory.handle(name) for name in names]
+        calls = [h.adopt_ring.remote(spec.epoch, spec.shards, spec.previous) for h in handles]
+        return list(await asyncio.gather(*calls))
+
+    async def ping_shards(self, names: list[str]) -> list[str]:
+        """The named shards answer (created, detached, where missing; pools opened)."""
+        handles = [self.directory.handle(name) for name in names]
+        return list(await asyncio.gather(*(h.ping.remote() for h in handles)))
+
+    async def drain_shards(self, names: list[str]) -> int:
+        """Final flush of the named shards (those a rescale left empty); the rows written."""
+        handles = [self.directory.handle(name) for name in names]
+        return sum(await asyncio.gather(*(h.drain.remote() for h in handles)))
 
     async def drain_all(self, kinds: tuple[str, ...]) -> int:
         """Final flush of every shard of every kind; the rows written."""

@@ -4,7 +4,10 @@ Rejections are values, failures are exceptions: a command the state refuses
 ("out of stock", "coupon expired", "not in cart") comes back as a ``Rejected``
 with a stable ``code`` (the API maps each code to one HTTP status in
 ``serve.problems``) and a ``detail`` for people. ``available`` carries the
-units a stock refusal could have had; ``errors`` names bad fields.
+units a stock refusal could have had; ``errors`` names bad fields. ``MOVED``
+is the one rejection no user sees: a shard answers it for a key it no longer
+owns after a live rescale, with the ring to follow (``ring``: epoch, shard
+count); the typed clients follow it and retry on the new owner.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ class Rejected:
     _: KW_ONLY
     available: int | None = None
     errors: tuple[FieldError, ...] = ()
+    ring: tuple[int, int] | None = None
+
+
+MOVED = "moved"
 
 
 def now_ms() -> int:

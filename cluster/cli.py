@@ -1,4 +1,4 @@
-"""The ``agora`` command line: up, down, status, migrate, admin, audit, keys.
+"""The ``agora`` command line: up, down, status, scale, migrate, admin, audit, keys.
 
 The Serve application is deployed by its import path (``SERVE_APP``), as
 ``serve run serve.app:app`` or a Serve config file would, so the cluster layer
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import importlib
 import json
@@ -29,11 +30,12 @@ from cluster import rayenv  # isort: skip
 # isort: split
 from actors.clients import ShardOps
 from actors.session.passwords import PasswordHasher, check_password, normalise_email
-from cluster import analytics, backup, db, infra, supervisor
+from cluster import analytics, backup, db, infra, scaling, supervisor
 from cluster.adapters import object_store, signing_keys
+from cluster.adapters.rings import PostgresRings
 from cluster.adapters.smtp import SmtpSender
 from cluster.adapters.webhook_delivery import HttpPoster
-from cluster.bootstrap import shard_directory
+from cluster.bootstrap import current_directory, shard_directory
 from cluster.crypto import secretbox
 from cluster.search_reindex import reindex
 from cluster.seed import seed_catalog
@@ -105,6 +107,16 @@ def _wait_ready(settings: Settings, timeout: float) -> None:
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
 
 
+def _directory(settings: Settings) -> Any:
+    """The shard directory on the durable rings (``agora scale``), so that flushes and
+    status reach every shard; the settings' counts when the database does not answer."""
+    try:
+        return asyncio.run(asyncio.wait_for(current_directory(settings), 10))
+    except Exception as exc:
+        _say(f"warning: shard rings not read ({type(exc).__name__}); using the settings' counts")
+        return shard_directory(settings)
+
+
 def up(settings: Settings) -> None:
     started = time.monotonic()
     try:  # a bad setting stops here, not as a 500 on the first image
@@ -148,13 +160,14 @@ def tracing_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def application(import_path: str = SERVE_APP) -> Any:
-    """The Serve application at ``module:attribute`` (an application, or a builder of one)."""
+def application(import_path: str = SERVE_APP, **options: Any) -> Any:
+    """The Serve application at ``module:attribute`` (an application, or a builder of one,
+    called with ``options``)."""
     from ray.serve import Application
 
     module, _, attribute = import_path.partition(":")
     target = getattr(importlib.import_module(module), attribute)
-    return target if isinstance(target, Application) else target()
+    return target if isinstance(target, Application) else target(**options)
 
 
 def relay_config(settings: Settings, urls: dict[str, str]) -> RelayConfig:
@@ -205,7 +218,7 @@ def deploy(settings: Settings, urls: dict[str, str]) -> None:
     import ray
     from ray import serve
 
-    ops = ShardOps(shard_directory(settings))
+    ops = ShardOps(_directory(settings))
     asyncio.run(asyncio.wait_for(ops.ping_all(SHARD_KINDS), 120))
     relay = get_or_create_relay(settings.ray_namespace, relay_config(settings, urls))
     ray.get(relay.health.remote(), timeout=60)
@@ -318,7 +331,7 @@ def _drain(settings: Settings) -> None:
     """Final flush of every shard and the outbox before the processes go."""
     import ray
 
-    ops = ShardOps(shard_directory(settings))
+    ops = ShardOps(_directory(settings))
     flushed = asyncio.run(asyncio.wait_for(ops.drain_all(SHARD_KINDS), 60))
     _say(f"final flush: {flushed} rows")
     try:
@@ -345,7 +358,7 @@ def status(settings: Settings) -> int:
     from ray import serve
 
     connect_ray(settings)
-    directory = shard_directory(settings)
+    directory = _directory(settings)
     ops = ShardOps(directory)
     shards = []
     for name in [n for kind in SHARD_KINDS for n in directory.shard_names(kind)]:
@@ -359,8 +372,70 @@ def status(settings: Settings) -> int:
         for n in ray.nodes()
     ]
     report["serve"] = {name: str(app.status) for name, app in serve.status().applications.items()}
+    report["replicas"] = {  # ``agora scale api=N`` shows here
+        f"{name}/{deployment}": {str(k): v for k, v in state.replica_states.items()}
+        for name, app in serve.status().applications.items()
+        for deployment, state in app.deployments.items()
+    }
     print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def scale(settings: Settings, words: list[str], timeout_s: float = 120.0) -> int:
+    """``agora scale cart=8 session=6 api=2``: shard counts and API replicas, live."""
+    try:
+        targets = scaling.parse_targets(words)
+    except scaling.ScaleError as exc:
+        _say(f"agora scale: {exc}")
+        return 2
+    if not infra.ray_running(settings):
+        _say("agora scale: Agora is not running (agora up)")
+        return 1
+    connect_ray(settings)
+    kinds = {kind: n for kind, n in targets.items() if kind != scaling.API}
+
+    async def shards() -> None:
+        conn = await db.connect(service_urls(settings).database)
+        try:
+            ops = ShardOps(shard_directory(settings, rings=await PostgresRings().load_all(conn)))
+            for kind, target in kinds.items():
+                handoff = await asyncio.wait_for(
+                    scaling.rescale(
+                        kind,
+                        target,
+                        rings=PostgresRings(),
+                        connect=lambda: contextlib.nullcontext(conn),
+                        ops=ops,
+                        default_shards=int(getattr(settings, f"{kind}_shards")),
+                    ),
+                    timeout_s,
+                )
+                _say(handoff.describe())
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(shards())
+    except scaling.ScaleError as exc:
+        _say(f"agora scale: {exc}")
+        return 2
+    except TimeoutError:
+        _say(f"agora scale: the handoff did not end in {timeout_s:.0f}s; run the same command"
+             " again to resume it (keys being handed over wait meanwhile)")  # fmt: skip
+        return 1
+    if scaling.API in targets:
+        scale_api(targets[scaling.API])
+    return 0
+
+
+def scale_api(replicas: int) -> None:
+    """Redeploy the Serve application with ``replicas`` API replicas (a rolling update:
+    Serve starts the new replicas before it stops the old ones)."""
+    from ray import serve
+
+    started = time.monotonic()
+    serve.run(application(SERVE_APP, num_replicas=replicas), name="agora", route_prefix="/")
+    _say(f"api: {replicas} replicas ({time.monotonic() - started:.1f}s)")
 
 
 def _redact(url: str) -> str:
@@ -438,7 +513,7 @@ def backup_create(settings: Settings, out_dir: str | None) -> int:
     if infra.ray_running(settings):
         try:
             connect_ray(settings)
-            ops = ShardOps(shard_directory(settings))
+            ops = ShardOps(_directory(settings))
             rows = asyncio.run(asyncio.wait_for(ops.drain_all(SHARD_KINDS), 60))
             _say(f"write-behind flushed: {rows} rows")
             flushed = True
@@ -502,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start everything (embedded defaults for unset URLs)")
     sub.add_parser("down", help="stop everything this checkout started")
     sub.add_parser("status", help="what runs: services, shard actors and their nodes")
+    scale_parser = sub.add_parser(
+        "scale", help="change shard counts and API replicas live (cart=8 session=6 api=2)"
+    )
+    scale_parser.add_argument("targets", nargs="+", metavar="kind=count")
     sub.add_parser("migrate", help="apply pending database migrations")
     admin = sub.add_parser("admin", help="operator accounts").add_subparsers(
         dest="admin_command", required=True
@@ -567,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         down(settings)
     elif args.command == "status":
         return status(settings)
+    elif args.command == "scale":
+        return scale(settings, args.targets)
     elif args.command == "migrate":
         migrate(settings)
     elif args.command == "admin":

@@ -11,7 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.clients import ShardMoved
 from actors.messages import Rejected
+from actors.shard import HandoffPending
 
 PROBLEM_BASE = "https://agora.example/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -112,6 +114,8 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    ShardMoved,  # a key still being handed over by ``agora scale`` (actors.clients)
+    HandoffPending,
 )
 RETRY_AFTER_S = 5
 

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 
 from actors.clients import CartClient, ShardOps
-from cluster.bootstrap import shard_directory
+from cluster.bootstrap import load_rings, shard_directory
 from cluster.db import create_pool
 from cluster.services import cart_token_secret, service_urls
 from cluster.settings import Settings, get_settings
@@ -93,6 +93,10 @@ class Runtime:
                 self.redis = aioredis.from_url(self.urls.redis, socket_timeout=1.0)
                 self.limiter = RateLimiter(self.redis, secret=cart_token_secret(self.settings))
                 self.pool = await create_pool(self.urls.database, min_size=2, max_size=8)
+                # Rescaled kinds (``agora scale``): every shard, for health and metrics.
+                async with self.pool.acquire() as conn:
+                    for spec in (await load_rings(conn)).values():
+                        self.directory.adopt(spec.kind, spec.epoch, spec.shards)
             if self.catalog is None:
                 await self._warm_catalog()
         return self

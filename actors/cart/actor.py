@@ -22,6 +22,8 @@ from streams.events import Envelope
 class CartShardImpl(ShardShell[Cart]):
     """Owns many carts; every public method is one protocol message."""
 
+    movable = True  # ``agora scale``: a live rescale hands its keys over (actors.shard)
+
     def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         super().__init__(name, env)
         self.rules = CartRules(self.settings.cart_max_lines, self.settings.cart_max_quantity)

@@ -22,6 +22,8 @@ from streams.events import Envelope
 class SessionShardImpl(ShardShell[UserSessions]):
     """Owns the sessions of many users; every change is answered after its commit."""
 
+    movable = True  # ``agora scale``: a live rescale hands its keys over (actors.shard)
+
     def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         super().__init__(name, env)
 
