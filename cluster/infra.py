@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -656,6 +657,104 @@ def start_ray(settings: Settings, service_env: dict[str, str]) -> None:
         stdin=subprocess.DEVNULL,
     )
     _record(settings, "ray", [p.pid for p in _ray_processes(settings)])
+
+
+@dataclass(frozen=True)
+class RayWorker:
+    """A Ray node joined to our head on this machine: its id and its processes."""
+
+    node_id: str
+    raylet_pid: int
+    pids: tuple[int, ...]
+    temp_dir: Path
+
+
+# `ray start --address` for a second node of a loopback-only run. Ray refuses to start a
+# non-head node while its "no multi-node" switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+# keeps every Ray server on 127.0.0.1, see ray_env) is on; with the switch off it turns the
+# head's 127.0.0.1 address into the machine's address, where the head does not listen. So
+# only this CLI process passes the check and keeps loopback as this node's address
+# (--node-ip-address says the same); the node's own processes keep the switch, and bind
+# 127.0.0.1 like the head's.
+_RAY_START_ON_LOOPBACK = """\
+import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True
+services.get_node_ip_address = lambda address=None: "127.0.0.1"
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
+def ray_worker_temp_dir(settings: Settings, name: str) -> Path:
+    """The temp dir of an extra Ray node on this machine (its own sockets and logs)."""
+    return Path(f"{ray_temp_dir(settings)}-{name}")
+
+
+def start_ray_worker(
+    settings: Settings,
+    service_env: dict[str, str],
+    name: str = "node2",
+    num_cpus: int = 1,
+) -> RayWorker:
+    """Join a second Ray node, on this machine, to our head (``ray start --address``).
+
+    It carries the head's auth token and the same service environment as the head, so
+    a shard placed on it finds PostgreSQL and the rest exactly as one on the head does.
+    On a loopback-only run it goes through ``_RAY_START_ON_LOOPBACK`` (see there).
+    The caller stops it by pid (``stop_ray_worker``); ``stop_ray`` would stop it too.
+    """
+    temp_dir = ray_worker_temp_dir(settings, name)
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, **ray_env(settings), **service_env}
+    ray_cli = [str(ray_bin)]
+    if settings.ray_loopback_only:
+        ray_cli = [sys.executable, "-c", _RAY_START_ON_LOOPBACK]
+    before = {p.pid for p in psutil.process_iter()}
+    with open(settings.log_dir / f"ray-start-{name}.log", "ab") as log:
+        subprocess.run(
+            [
+                *ray_cli,
+                "start",
+                f"--address={ray_address(settings)}",
+                "--node-ip-address=127.0.0.1",
+                "--disable-usage-stats",
+                f"--num-cpus={num_cpus}",
+                f"--temp-dir={temp_dir}",
+                f"--dashboard-agent-listen-port={_free_port(52500, 52600)}",
+            ],
+            check=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+    marker = str(temp_dir)
+    pids, raylet, node_id = [], None, None
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        args = proc.info.get("cmdline") or []
+        if proc.info["pid"] in before or not any(marker in a for a in args):
+            continue
+        pids.append(proc.info["pid"])
+        if args and Path(args[0]).name == "raylet":
+            raylet = proc.info["pid"]
+            node_id = next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
+    if raylet is None:
+        raise RuntimeError(f"ray start left no raylet; see var/log/ray-start-{name}.log")
+    return RayWorker(str(node_id), raylet, tuple(pids), temp_dir)
+
+
+def stop_ray_worker(worker: RayWorker) -> None:
+    """Stop every process of an extra node (its raylet, agents and workers), by pid."""
+    marker = str(worker.temp_dir)
+    found = set(worker.pids)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any(marker in a for a in proc.info.get("cmdline") or []):
+            found.add(proc.info["pid"])
+    _terminate(sorted(found), signal.SIGTERM, timeout=5)
 
 
 def stop_ray(settings: Settings) -> None:
