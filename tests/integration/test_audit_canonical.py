@@ -8,6 +8,7 @@ names the same tampered record, inside a span and at a span's first record.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -149,5 +150,39 @@ async def test_a_time_out_of_pythons_range_is_named(dsn: str, when: str) -> None
         await conn.execute("UPDATE audit_log SET at = $1::text::timestamptz WHERE seq = 20", when)
         verdict = await _both(conn, dsn)
         assert (verdict.bad_seq, verdict.problem) == (20, "record 20 was altered")
+    finally:
+        await conn.close()
+
+
+async def test_appends_batched_in_one_transaction_chain_like_single_ones(dsn: str) -> None:
+    """The audit consumer applies a batch of events in one transaction (``batch_max``):
+    each append must link to the one before it in that transaction, and a redelivered
+    event inside the batch must be skipped, not chained twice."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        at = datetime(2026, 2, 1, tzinfo=UTC)
+        async with conn.transaction():
+            written = [
+                await audit.append(
+                    conn,
+                    event_id=event_id,
+                    at=at,
+                    actor="admin-2",
+                    action="price.set",
+                    target=f"SKU-{i}",
+                    details={"i": i},
+                )
+                for i, event_id in enumerate([*ids, ids[2]])
+            ]
+        assert written[-1] is None  # the redelivery inside the batch
+        seqs = [w.seq for w in written if w is not None]
+        assert seqs == list(range(RECORDS + 1, RECORDS + 6))
+        rows = await conn.fetch(
+            "SELECT prev_hash, hash FROM audit_log WHERE seq >= $1 ORDER BY seq", RECORDS
+        )
+        assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(rows))
+        verdict = await audit.verify(conn)
+        assert verdict.ok and verdict.records == RECORDS + 5
     finally:
         await conn.close()
