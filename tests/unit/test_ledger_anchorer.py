@@ -304,6 +304,26 @@ async def submit(ledger: Ledger, n: int, prefix: str = "k") -> list[str]:
 # --- the anchorer --------------------------------------------------------------------------
 
 
+async def second_batch_closed(ledgers: Any) -> tuple[Ledger, Chain, str]:
+    """A ledger whose batch 1 is anchored and whose batch 2 has just closed."""
+    ledger = ledgers()
+    await submit(ledger, 1, "a")
+    await run_until_idle(ledger)
+    chain, contract = ledger._chain, ledger._contract
+    assert chain is not None and contract is not None
+    await submit(ledger, 1, "b")
+    await ledger.step()  # closes batch 2
+    return ledger, chain, contract
+
+
+async def recorded_as_sending(
+    memory: MemoryLedgerStore, chain: Chain, contract: str, batch_id: int, tx: Any
+) -> None:
+    """Batch ``batch_id`` as the ledger records it just before it sends ``tx``."""
+    chain_id = await chain.chain_id()
+    await memory.mark_sending(None, batch_id, chain_id, contract, tx.nonce, tx.tx_hash, tx.raw)
+
+
 async def test_batches_are_anchored_once_and_every_proof_verifies_on_chain(
     ledgers: Any, memory: MemoryLedgerStore, anvil: Anvil
 ) -> None:
@@ -352,13 +372,7 @@ async def test_a_lost_record_of_a_mined_anchor_is_adopted_not_sent_again(
 async def test_another_root_under_our_batch_id_stops_the_anchorer(
     ledgers: Any, memory: MemoryLedgerStore
 ) -> None:
-    ledger = ledgers()
-    await submit(ledger, 1, "a")
-    await run_until_idle(ledger)
-    chain, contract = ledger._chain, ledger._contract
-    assert chain is not None and contract is not None
-    await submit(ledger, 1, "b")
-    await ledger.step()  # closes batch 2
+    ledger, chain, contract = await second_batch_closed(ledgers)
     foreign = await chain.build_anchor(contract, 2, b"\x07" * 32, 1, await chain.pending_nonce())
     await chain.send_raw(foreign.raw)
     await chain.wait_for_receipt(foreign.tx_hash, 0, 5)
@@ -370,13 +384,7 @@ async def test_another_root_under_our_batch_id_stops_the_anchorer(
 async def test_a_reverted_anchor_goes_back_to_closed(
     ledgers: Any, memory: MemoryLedgerStore
 ) -> None:
-    ledger = ledgers()
-    await submit(ledger, 1, "a")
-    await run_until_idle(ledger)
-    chain, contract = ledger._chain, ledger._contract
-    assert chain is not None and contract is not None
-    await submit(ledger, 1, "b")
-    await ledger.step()  # closes batch 2
+    ledger, chain, contract = await second_batch_closed(ledgers)
     # Before our anchor is mined, batch 2's id gets another root on chain: ours reverts.
     foreign = await chain.build_anchor(contract, 2, b"\x07" * 32, 1, await chain.pending_nonce())
     await chain.send_raw(foreign.raw)
@@ -384,14 +392,7 @@ async def test_a_reverted_anchor_goes_back_to_closed(
         contract, 2, memory.batches[2]["root"], 1, await chain.pending_nonce()
     )
     await chain.send_raw(ours.raw)
-    memory.batches[2].update(
-        status="sending",
-        chain_id=await chain.chain_id(),
-        contract=contract,
-        nonce=ours.nonce,
-        tx_hash=ours.tx_hash,
-        raw_tx=ours.raw,
-    )
+    await recorded_as_sending(memory, chain, contract, 2, ours)
     receipt = await chain.receipt(ours.tx_hash)
     assert receipt is not None and receipt.status == 0
     assert await ledger.step() is True
@@ -414,14 +415,7 @@ async def test_an_anchor_made_by_another_transaction_is_adopted(
     second = await chain.build_anchor(contract, 1, root, 2, first.nonce + 1)
     await chain.send_raw(first.raw)
     await chain.send_raw(second.raw)  # reverts: batch 1 is anchored already
-    memory.batches[1].update(
-        status="sending",
-        chain_id=await chain.chain_id(),
-        contract=contract,
-        nonce=second.nonce,
-        tx_hash=second.tx_hash,
-        raw_tx=second.raw,
-    )
+    await recorded_as_sending(memory, chain, contract, 1, second)
     assert await ledger.step() is True
     assert memory.batches[1]["status"] == "anchored"
     assert memory.batches[1]["tx_hash"] == first.tx_hash
@@ -437,19 +431,11 @@ async def test_an_unsent_anchor_is_sent_again_or_re_signed_when_its_nonce_was_ta
     chain = ledger._chain
     assert chain is not None
     contract = await ledger._ensure_contract(None)  # type: ignore[arg-type]
-    chain_id = await chain.chain_id()
     root = memory.batches[1]["root"]
 
     # Recorded as sending, but the node never got it (it restarted): the same bytes again.
     lost = await chain.build_anchor(contract, 1, root, 2, await chain.pending_nonce())
-    memory.batches[1].update(
-        status="sending",
-        chain_id=chain_id,
-        contract=contract,
-        nonce=lost.nonce,
-        tx_hash=lost.tx_hash,
-        raw_tx=lost.raw,
-    )
+    await recorded_as_sending(memory, chain, contract, 1, lost)
     assert await ledger.step() is False
     assert memory.errors == ["no receipt yet; transaction re-sent"]
     assert await ledger.step() is True
@@ -465,14 +451,7 @@ async def test_an_unsent_anchor_is_sent_again_or_re_signed_when_its_nonce_was_ta
     other = await chain.build_anchor(contract, 99, b"\x05" * 32, 1, nonce)
     await chain.send_raw(other.raw)
     await chain.wait_for_receipt(other.tx_hash, 0, 5)
-    memory.batches[2].update(
-        status="sending",
-        chain_id=chain_id,
-        contract=contract,
-        nonce=nonce,
-        tx_hash=doomed.tx_hash,
-        raw_tx=doomed.raw,
-    )
+    await recorded_as_sending(memory, chain, contract, 2, doomed)
     assert await ledger.step() is True
     assert memory.batches[2]["status"] == "closed"
     assert memory.errors[-1] == "nonce taken by another transaction"
