@@ -53,6 +53,7 @@ SUBSCRIPTION = "ledger"
 ORDER_KIND = store.ORDER_KIND
 MAX_BACKOFF_S = 5.0
 START_TIMEOUT_S = 30.0
+ROOT_WITHOUT_LOG = "root on chain, its anchoring transaction not in the node's logs yet"
 
 
 @dataclass(frozen=True)
@@ -272,11 +273,15 @@ class Ledger:
         if batch.status == "closed":
             onchain = await chain.roots(contract, batch.batch_id)
             if onchain == batch.root:
-                # Anchored by a transaction whose record was lost: adopt it.
+                # Anchored by a transaction whose record was lost: adopt it. Never sign
+                # another anchor for a root the contract holds (it would only revert and
+                # leave the batch 'sending'); wait for the node's logs to show it.
                 found = await chain.anchored_tx(contract, batch.batch_id)
                 if found is not None:
                     return await self._finish(conn, batch, contract, found)
-            elif onchain != store.ZERO_ROOT:
+                await store.note_error(conn, batch.batch_id, ROOT_WITHOUT_LOG)
+                return False
+            if onchain != store.ZERO_ROOT:
                 raise RuntimeError(f"batch {batch.batch_id} holds another root on chain")
             tx = await chain.build_anchor(
                 contract, batch.batch_id, batch.root, batch.leaf_count, await chain.pending_nonce()
@@ -297,6 +302,9 @@ class Ledger:
             found = await chain.anchored_tx(contract, batch.batch_id)
             if found is not None and found != batch.tx_hash:
                 return await self._finish(conn, batch, contract, found)
+            if found is None and receipt is not None:  # ours reverted; the anchor's log unseen
+                await store.mark_closed(conn, batch.batch_id, ROOT_WITHOUT_LOG)
+                return True
             return False  # ours, mined, not yet confirmed enough
         if receipt is not None:  # reverted (status 0): sign again
             await store.mark_closed(conn, batch.batch_id, "anchor transaction reverted")

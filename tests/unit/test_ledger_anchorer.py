@@ -369,6 +369,47 @@ async def test_a_lost_record_of_a_mined_anchor_is_adopted_not_sent_again(
     assert anvil.w3.eth.get_transaction_count(ledger._chain.address) == nonce  # type: ignore[union-attr]
 
 
+async def test_a_root_on_chain_whose_log_is_not_found_is_never_anchored_again(
+    ledgers: Any, memory: MemoryLedgerStore, anvil: Anvil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = ledgers()
+    await submit(ledger, 3)
+    await run_until_idle(ledger)
+    (batch,) = memory.batches.values()
+    mined_tx = batch["tx_hash"]
+    # The record of the mined anchor was lost, and the node cannot find its log (pruned or
+    # still indexing): the root is on chain, so a new anchor would only revert.
+    batch.update(status="closed", tx_hash=None, raw_tx=None, nonce=None, block_number=None)
+    nonce = anvil.w3.eth.get_transaction_count(ledger._chain.address)  # type: ignore[union-attr]
+    restarted = ledgers()
+    await restarted._connect()
+    assert restarted._chain is not None
+
+    indexed = False
+    real_lookup = restarted._chain.anchored_tx
+
+    async def lookup(address: str, batch_id: int) -> bytes | None:
+        return await real_lookup(address, batch_id) if indexed else None
+
+    monkeypatch.setattr(restarted._chain, "anchored_tx", lookup)
+    for _ in range(3):
+        assert await restarted.step() is False
+    assert anvil.w3.eth.get_transaction_count(ledger._chain.address) == nonce  # type: ignore[union-attr]
+    assert batch["status"] == "closed" and batch["last_error"] == ledger_actor.ROOT_WITHOUT_LOG
+    # Our own anchor recorded as sending, reverted because the root is there: closed again.
+    again = await restarted._chain.build_anchor(
+        restarted._contract, 1, batch["root"], 3, await restarted._chain.pending_nonce()
+    )
+    await restarted._chain.send_raw(again.raw)
+    await recorded_as_sending(memory, restarted._chain, restarted._contract, 1, again)
+    assert await restarted.step() is True
+    assert batch["status"] == "closed" and batch["last_error"] == ledger_actor.ROOT_WITHOUT_LOG
+    # Once the node's logs show the anchor, it is adopted.
+    indexed = True
+    assert await run_until_idle(restarted) == 1
+    assert batch["status"] == "anchored" and batch["tx_hash"] == mined_tx
+
+
 async def test_another_root_under_our_batch_id_stops_the_anchorer(
     ledgers: Any, memory: MemoryLedgerStore
 ) -> None:
