@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,9 @@ class OrderConfirmedFeed(IdempotentConsumer):
 
     name = SUBSCRIPTION
 
+    # Confirmed orders waiting together are recorded in one transaction (``IdempotentConsumer``).
+    batch_max = 32
+
     def __init__(self, orders_topic: str) -> None:
         super().__init__(topics=[orders_topic])
 
@@ -96,6 +100,12 @@ class OrderConfirmedFeed(IdempotentConsumer):
         if envelope.type != ORDER_CONFIRMED.name:
             return False  # other order events: nothing to record, nothing to claim
         return await super().handle(pool, envelope)
+
+    async def handle_batch(self, pool: asyncpg.Pool, envelopes: Sequence[Envelope]) -> int:
+        confirmed = [e for e in envelopes if e.type == ORDER_CONFIRMED.name]
+        if not confirmed:
+            return 0  # as in ``handle``: the other order events are not even claimed
+        return await super().handle_batch(pool, confirmed)
 
     async def apply(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
         try:

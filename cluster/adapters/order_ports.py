@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -155,10 +155,18 @@ class StockAdapter:
 # ``quote`` decides prices.
 
 TABLES_TTL_S = 5.0
+# Product facts pricing needs (category, weight) are kept as long as the tables, for
+# at most this many SKUs (least recently used leave first).
+FACTS_MAX = 10_000
 
 
 class PricingAdapter:
-    """Server-side price of a cart snapshot, and atomic coupon redemption."""
+    """Server-side price of a cart snapshot, and atomic coupon redemption.
+
+    The promotion, shipping and tax tables and each product's facts (category,
+    weight) are read from PostgreSQL at most once per ``TABLES_TTL_S``: a change
+    reaches checkout within that time (the cart's unit prices come from the cart).
+    """
 
     def __init__(self, open_pool: OpenPool, clock: Clock) -> None:
         self.open_pool = open_pool
@@ -166,6 +174,34 @@ class PricingAdapter:
         self._tables: pricing_store.Tables | None = None
         self._expires = 0.0
         self._lock = asyncio.Lock()
+        self._facts: OrderedDict[str, tuple[pricing_store.ProductFacts, int]] = OrderedDict()
+        self.facts_loads = 0
+
+    async def _product_facts(
+        self, db: Any, skus: list[str], now_ms: int
+    ) -> dict[str, pricing_store.ProductFacts]:
+        """Facts of ``skus`` (those that exist), from memory unless older than the TTL."""
+        found: dict[str, pricing_store.ProductFacts] = {}
+        missing = []
+        for sku in skus:
+            cached = self._facts.get(sku)
+            if cached is not None and cached[1] > now_ms:
+                self._facts.move_to_end(sku)
+                found[sku] = cached[0]
+            else:
+                missing.append(sku)
+        if missing:
+            self.facts_loads += 1
+            expires = now_ms + int(TABLES_TTL_S * 1000)
+            for sku, (facts, _available) in (
+                await pricing_store.load_products(db, missing)
+            ).items():
+                found[sku] = facts
+                self._facts[sku] = (facts, expires)
+                self._facts.move_to_end(sku)
+            while len(self._facts) > FACTS_MAX:
+                self._facts.popitem(last=False)
+        return found
 
     async def _current_tables(self, db: Any, now: int) -> pricing_store.Tables:
         async with self._lock:
@@ -186,8 +222,9 @@ class PricingAdapter:
         if not cart.lines:
             return Rejected("empty-cart", "The cart is empty.")
         db = await self.open_pool()
-        now = self.clock() // 1000
-        products = await pricing_store.load_products(db, [x.sku for x in cart.lines])
+        now_ms = self.clock()
+        now = now_ms // 1000
+        products = await self._product_facts(db, [x.sku for x in cart.lines], now_ms)
         tables = await self._current_tables(db, now)
         coupons: dict[str, Coupon] = {}
         if cart.coupon is not None:
@@ -197,8 +234,8 @@ class PricingAdapter:
         lines = []
         for x in cart.lines:
             facts = products.get(x.sku)
-            category = facts[0].category if facts else ""
-            weight_g = facts[0].weight_g if facts else pricing_store.DEFAULT_WEIGHT_G
+            category = facts.category if facts else ""
+            weight_g = facts.weight_g if facts else pricing_store.DEFAULT_WEIGHT_G
             lines.append(Line(x.sku, category, x.unit_price, x.quantity, weight_g))
         quoted = quote(
             lines,
@@ -335,6 +372,15 @@ class ServeFraudModel:
 
 
 FraudModelCall = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# The shopper's account age and order history (the current order left out), in one query.
+_FRAUD_FACTS = (
+    "SELECT (SELECT extract(epoch FROM created_at)::bigint FROM users WHERE user_id = $1)"
+    " AS created,"
+    " count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS hour,"
+    " count(DISTINCT data->'request'->'payment'->>'token') AS tokens"
+    " FROM orders WHERE user_id = $1 AND order_id <> $2"
+    " AND created_at > now() - interval '30 days'"
+)
 
 
 class FraudAdapter:
@@ -441,19 +487,9 @@ class FraudAdapter:
     ) -> dict[str, Any]:
         """The raw facts both the model and the rules score (serve.models.features.RAW_SCHEMA)."""
         db = await self.open_pool()
-        async with db.acquire() as conn:
-            created = await conn.fetchval(
-                "SELECT extract(epoch FROM created_at)::bigint FROM users WHERE user_id = $1",
-                user_id,
-            )
-            history = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS hour,"
-                " count(DISTINCT data->'request'->'payment'->>'token') AS tokens"
-                " FROM orders WHERE user_id = $1 AND order_id <> $2"
-                " AND created_at > now() - interval '30 days'",
-                user_id,
-                order_id,
-            )
+        async with db.acquire() as conn:  # one round trip: the account and its history
+            history = await conn.fetchrow(_FRAUD_FACTS, user_id, order_id)
+        created = history["created"] if history else None
         now_s = self.clock() // 1000
         return {
             "total": int(total),

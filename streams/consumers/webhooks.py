@@ -28,7 +28,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,6 +103,8 @@ class WebhooksConfig:
 
 class WebhookConsumer(IdempotentConsumer):
     max_attempts = 3
+    # Events waiting together are recorded in one transaction (``IdempotentConsumer``).
+    batch_max = 32
 
     def __init__(self, config: WebhooksConfig) -> None:
         topics = sorted(
@@ -113,6 +115,12 @@ class WebhookConsumer(IdempotentConsumer):
 
     async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
         applied = await super().handle(pool, envelope)
+        if applied:
+            self.queued.set()
+        return applied
+
+    async def handle_batch(self, pool: asyncpg.Pool, envelopes: Sequence[Envelope]) -> int:
+        applied = await super().handle_batch(pool, envelopes)
         if applied:
             self.queued.set()
         return applied

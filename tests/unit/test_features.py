@@ -45,11 +45,8 @@ class _Conn:
     def __init__(self, created_s, hour, tokens):
         self.created_s, self.hour, self.tokens = created_s, hour, tokens
 
-    async def fetchval(self, sql, *args):
-        return self.created_s
-
     async def fetchrow(self, sql, *args):
-        return {"hour": self.hour, "tokens": self.tokens}
+        return {"created": self.created_s, "hour": self.hour, "tokens": self.tokens}
 
 
 class _Pool:

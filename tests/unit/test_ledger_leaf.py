@@ -44,6 +44,9 @@ async def test_the_feed_skips_other_order_events_without_touching_the_database()
     assert feed.name == "ledger" and feed.topics == ["persistent://agora/events/orders"]
     created = make_event(ORDER_CREATED, "o1", {"order_id": "o1", "total": 1}, 1_000)
     assert await feed.handle(None, created) is False  # type: ignore[arg-type]
+    # Several waiting together (``batch_max``): the same, none of them is claimed.
+    assert feed.batch_max > 1
+    assert await feed.handle_batch(None, [created, created]) == 0  # type: ignore[arg-type]
 
 
 def test_the_key_never_shows_in_the_config_repr() -> None:

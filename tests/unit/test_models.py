@@ -94,11 +94,8 @@ def test_similar_items_share_sessions(rec):
 
 
 class _Conn:
-    async def fetchval(self, sql, *args):
-        return NOW_S - 30
-
     async def fetchrow(self, sql, *args):
-        return {"hour": 0, "tokens": 0}
+        return {"created": NOW_S - 30, "hour": 0, "tokens": 0}
 
 
 class _Pool:

@@ -1,5 +1,6 @@
 """Webhook signatures, backoff and the SSRF guard (no network: literal addresses only)."""
 
+import contextlib
 import hashlib
 import hmac
 
@@ -7,12 +8,14 @@ import pytest
 
 from cluster.adapters.webhook_delivery import refusal
 from streams.consumers.webhooks import (
+    WebhookConsumer,
     WebhooksConfig,
     backoff_s,
     signature_header,
     subscribable_events,
     verify_signature,
 )
+from streams.events import CART_CLEARED, ORDER_CONFIRMED, PAYMENT_PROCESSED, make_event
 
 SECRET = "whsec_0123456789abcdef"
 BODY = b'{"id":"e1","type":"order.confirmed"}'
@@ -102,3 +105,53 @@ async def test_bad_urls_are_refused_even_when_private_is_allowed(url) -> None:
 
 async def test_a_public_literal_address_is_accepted() -> None:
     assert await refusal("https://8.8.8.8/hook", allow_private=False) is None
+
+
+class _BatchConn:
+    """What ``handle_batch`` asks of a connection: a transaction, the claim, the inserts."""
+
+    def __init__(self, seen: set) -> None:
+        self.seen, self.transactions, self.inserted = seen, 0, []
+
+    def transaction(self):
+        self.transactions += 1
+        return contextlib.nullcontext()
+
+    def add_query_logger(self, _logger) -> None:
+        pass
+
+    async def fetch(self, sql, consumer, ids):
+        assert "processed_events" in sql and consumer == "webhooks"
+        fresh = [i for i in ids if i not in self.seen]
+        self.seen.update(fresh)
+        return [{"event_id": i} for i in fresh]
+
+    async def execute(self, sql, event_id, event_type, body):
+        assert "webhook_deliveries" in sql
+        self.inserted.append(event_type)
+
+
+class _BatchPool:
+    def __init__(self, conn: _BatchConn) -> None:
+        self.conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        yield self.conn
+
+
+async def test_events_waiting_together_are_recorded_in_one_transaction_and_wake_delivery():
+    consumer = WebhookConsumer(WebhooksConfig("db", "pulsar"))
+    assert consumer.batch_max > 1
+    conn = _BatchConn(set())
+    order = make_event(ORDER_CONFIRMED, "o1", {"order_id": "o1"}, 1)
+    cart = make_event(CART_CLEARED, "c1", {"cart_id": "c1"}, 1)
+    payment = make_event(PAYMENT_PROCESSED, "o1", {"order_id": "o1"}, 1)
+    assert await consumer.handle_batch(_BatchPool(conn), [order, cart, payment]) == 3
+    assert conn.transactions == 1 and conn.inserted == ["order.confirmed", "payment.processed"]
+    assert consumer.queued.is_set()  # the delivery loop looks at once
+    consumer.queued.clear()
+    # A redelivered batch adds nothing and wakes nobody.
+    assert await consumer.handle_batch(_BatchPool(conn), [order, payment]) == 0
+    assert conn.inserted == ["order.confirmed", "payment.processed"]
+    assert not consumer.queued.is_set()
