@@ -3,8 +3,10 @@
 ``start_warehouse`` hosts ``WarehouseConsumer`` in a detached consumer actor
 (``streams.consumers.host``), as ``agora up`` does for the audit log.
 ``agora analytics rebuild`` replays every warehouse topic from its first
-message into a fresh directory (default ``<warehouse>.rebuild``; ``--replace``
-then swaps it in for the live one, keeping the old one as ``<warehouse>.old``);
+message into a fresh directory or object-store prefix (default
+``<warehouse>.rebuild``; for a directory, ``--replace`` then swaps it in for
+the live one, keeping the old one as ``<warehouse>.old``; an object store has
+no rename, so there one points ``AGORA_WAREHOUSE_URL`` at the rebuilt prefix);
 ``agora analytics compact`` compacts the live warehouse's day partitions now.
 """
 
@@ -16,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
@@ -25,6 +28,7 @@ from cluster.settings import Settings
 from streams.consumers.host import HostConfig, get_or_create_consumer
 from streams.consumers.warehouse import WarehouseConsumer, replay, warehouse_topics
 from streams.warehouse import Warehouse
+from streams.warehouse_url import local_path
 
 
 def _say(message: str) -> None:
@@ -35,9 +39,10 @@ def warehouse_consumer(settings: Settings) -> WarehouseConsumer:
     return WarehouseConsumer(
         settings.events_tenant,
         settings.events_namespace,
-        settings.warehouse_root,
+        settings.warehouse_location,
         flush_s=settings.warehouse_flush_s,
         compact_every_s=settings.warehouse_compact_every_s,
+        journal_dir=settings.warehouse_journal_dir,
     )
 
 
@@ -46,12 +51,31 @@ def start_warehouse(settings: Settings, host: HostConfig) -> Any:
     return get_or_create_consumer(settings.ray_namespace, host, warehouse_consumer(settings))
 
 
+def rebuild_target(live: str, out: str | None) -> str:
+    """Where a rebuild goes: ``out``, else beside the live warehouse (``<dir>.rebuild``,
+    ``s3://bucket/<prefix>.rebuild?...``)."""
+    if out:
+        return out
+    if local_path(live) is not None:
+        path = Path(live)
+        return str(path.with_name(path.name + ".rebuild"))
+    parts = urlsplit(live)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + ".rebuild"))
+
+
 def rebuild(settings: Settings, out: str | None, replace: bool, progress: bool = True) -> int:
     """Replay the warehouse topics from the start into ``out`` (must be new or empty)."""
-    live = settings.warehouse_root
-    target = Path(out) if out else live.with_name(live.name + ".rebuild")
-    if target.exists() and any(target.iterdir()):
-        _say(f"{target} is not empty; remove it or pass another --out")
+    live_location = settings.warehouse_location
+    target_location = rebuild_target(live_location, out)
+    warehouse = Warehouse(target_location)
+    if warehouse.store.keys():
+        _say(f"{warehouse.describe()} is not empty; remove it or pass another --out")
+        return 1
+    if replace and not (warehouse.store.local and local_path(live_location) is not None):
+        _say(
+            "--replace needs a local warehouse and target (an object store has no rename):"
+            f" point AGORA_WAREHOUSE_URL at {warehouse.describe()} instead"
+        )
         return 1
     urls = service_urls(settings)
     topics = warehouse_topics(settings.events_tenant, settings.events_namespace)
@@ -60,7 +84,7 @@ def rebuild(settings: Settings, out: str | None, replace: bool, progress: bool =
     async def run() -> int:
         pool = await db.create_pool(urls.database, max_size=2)
         try:
-            return await replay(urls.pulsar, topics, pool, Warehouse(target), bar.update)
+            return await replay(urls.pulsar, topics, pool, warehouse, bar.update)
         finally:
             await pool.close()
 
@@ -69,12 +93,13 @@ def rebuild(settings: Settings, out: str | None, replace: bool, progress: bool =
         count = asyncio.run(run())
     finally:
         bar.close()
-    files = sorted(target.rglob("*.parquet"))
+    files = [k for k in warehouse.store.keys() if k.endswith(".parquet")]
     _say(
-        f"rebuilt {target}: {count} events from {len(topics)} topics into {len(files)} files"
-        f" ({time.monotonic() - started:.1f}s)"
+        f"rebuilt {warehouse.describe()}: {count} events from {len(topics)} topics into"
+        f" {len(files)} files ({time.monotonic() - started:.1f}s)"
     )
     if replace:
+        live, target = settings.warehouse_root, Path(target_location)
         old = live.with_name(live.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if live.exists():
@@ -85,8 +110,9 @@ def rebuild(settings: Settings, out: str | None, replace: bool, progress: bool =
 
 
 def compact(settings: Settings) -> int:
-    days = Warehouse(settings.warehouse_root).compact()
-    _say(f"compacted {days} day partitions in {settings.warehouse_root}")
+    warehouse = Warehouse(settings.warehouse_location)
+    days = warehouse.compact()
+    _say(f"compacted {days} day partitions in {warehouse.describe()}")
     return 0
 
 
@@ -98,7 +124,7 @@ def add_parser(sub: Any) -> None:
     again = analytics.add_parser(
         "rebuild", help="replay the events from the topics' start into a fresh warehouse"
     )
-    again.add_argument("--out", help="target directory (default: <warehouse>.rebuild)")
+    again.add_argument("--out", help="target directory or s3:// URL (default: <warehouse>.rebuild)")
     again.add_argument(
         "--replace", action="store_true", help="then swap it in for the live warehouse"
     )

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.warehouse_url import local_path, parse_s3_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -192,10 +194,12 @@ class Settings(BaseSettings):
     # cluster.adapters.object_store.
     media_url: str | None = None
 
-    # Analytics (issue 11): the Parquet warehouse (a directory or file:///dir; unset:
-    # var/warehouse; object stores are not supported yet), how often the consumer
-    # lands its journal and compacts day partitions, and product-view events (a
-    # bounded per-replica queue straight to Pulsar; overflow is dropped and counted).
+    # Analytics (issue 11): the Parquet warehouse (unset: var/warehouse; a directory,
+    # file:///dir, or s3://bucket[/prefix]?endpoint=http://h:p&region=r for any
+    # S3-compatible store, credentials from the AWS_* env; streams.warehouse_store),
+    # how often the consumer lands its journal and compacts day partitions, and
+    # product-view events (a bounded per-replica queue straight to Pulsar; overflow
+    # is dropped and counted).
     warehouse_url: str | None = None
     warehouse_flush_s: float = Field(default=1.0, gt=0, le=3600)
     warehouse_compact_every_s: float = Field(default=300.0, gt=0)
@@ -204,14 +208,31 @@ class Settings(BaseSettings):
     analytics_max_days: int = Field(default=3660, ge=1)  # the longest report range
 
     @property
-    def warehouse_root(self) -> Path:
-        """The warehouse directory; an object-store URL is refused (not supported yet)."""
+    def warehouse_location(self) -> str:
+        """Where the warehouse is: a directory, or an s3:// URL (validated; no secrets)."""
         if not self.warehouse_url:
-            return self.var_dir / "warehouse"
-        url = self.warehouse_url.removeprefix("file://")
-        if "://" in url:
-            raise ValueError(f"AGORA_WAREHOUSE_URL {url.split('://')[0]}:// is not supported")
-        return Path(url)
+            return str(self.var_dir / "warehouse")
+        path = local_path(self.warehouse_url)
+        if path is None:
+            parse_s3_url(self.warehouse_url)
+            return self.warehouse_url
+        return str(path)
+
+    @property
+    def warehouse_root(self) -> Path:
+        """The warehouse directory; ValueError for an object store (it has none)."""
+        path = local_path(self.warehouse_location)
+        if path is None:
+            raise ValueError("the warehouse is in an object store, not a directory")
+        return path
+
+    @property
+    def warehouse_journal_dir(self) -> Path | None:
+        """The consumer's local journal: None (in the warehouse directory) unless the
+        warehouse is in an object store."""
+        if local_path(self.warehouse_location) is not None:
+            return None
+        return self.var_dir / "warehouse-journal"
 
     # Tracing (issue 12): OpenTelemetry spans from every process `agora up` starts
     # (streams/tracing.py). file: JSON lines under var/traces; console: the Ray

@@ -1,6 +1,8 @@
 """The analytics warehouse: events as Parquet files, one directory per table and day.
 
-Layout under the root (``var/warehouse`` by default)::
+Layout under the root (``var/warehouse`` by default, or an S3 prefix: the files
+live in a ``streams.warehouse_store`` store, which also decides when a file is
+visible: a rename locally, the day's manifest on S3)::
 
     events/day=2026-12-04/data.parquet          compacted: every event of that day
     events/day=2026-12-04/batch-<uuid7>.parquet  landed since the last compaction
@@ -10,13 +12,14 @@ Layout under the root (``var/warehouse`` by default)::
 ``rows_for`` turns one event (and, for ``order.confirmed``, the order's lines
 and totals with each product's category) into rows; it is pure, so a replay
 of the same events gives the same rows. ``Warehouse.land`` writes a batch as
-new files (write to a temporary name, then rename: a reader never sees half a
-file). The day is the event's ``occurred_at`` day, so a late event lands in
-its own (older) day. Nothing is ever updated in place: a duplicate (an event
+new files (a reader never sees half a file, nor on S3 half a day's tables).
+The day is the event's ``occurred_at`` day, so a late event lands in its own
+(older) day. Nothing is ever updated in place: a duplicate (an event
 redelivered, or replayed) is a second row with the same ``event_id``, dropped
 by ``compact`` and by every ``scan``.
 
-``compact`` rewrites a day's files as one ``data.parquet``: rows deduplicated
+``compact`` rewrites a day's files as one ``data.parquet`` (on S3
+``data-<sha256[:16]>.parquet``, its content's name): rows deduplicated
 by key, sorted by ``(occurred_at, event_id[, line])``, written with fixed
 options and no timestamp, so the same events always give the same bytes.
 
@@ -31,11 +34,10 @@ rebuilds it for good. So late and duplicate events never make a rollup wrong.
 
 from __future__ import annotations
 
-import fcntl
+import io
 import json
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -52,13 +54,14 @@ from streams.events import (
     PAYMENT_REFUNDED,
     PRODUCT_VIEWED,
     Envelope,
-    uuid7,
 )
+from streams.warehouse_store import DATA_FILE as DATA_FILE
+from streams.warehouse_store import Layout, Store, day_key, open_store
+from streams.warehouse_url import local_path
 
 EVENTS = "events"
 ORDER_LINES = "order_lines"
 PAID_ORDERS = "paid_orders"
-DATA_FILE = "data.parquet"
 ROLLUPS = "rollups"
 SOURCES_FILE = "sources.json"
 
@@ -128,6 +131,8 @@ TABLES = {
 # Fixed write options: part of the byte-identical replay promise.
 _WRITE = {"compression": "zstd", "compression_level": 3, "statistics": True}
 _ROW_GROUP = 131_072
+# Threads for independent requests to an object store (days, rollup files, records).
+PARALLEL = 8
 
 # The funnel's stages (view, cart, checkout, paid): the events its rollup keeps.
 FUNNEL_TYPES = (PRODUCT_VIEWED.name, CART_ITEM_ADDED.name, ORDER_CREATED.name, ORDER_CONFIRMED.name)
@@ -483,37 +488,27 @@ def frame(table: str, rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=dict(schema), orient="row")
 
 
-def _day_dir(root: Path, table: str, day: date) -> Path:
-    return root / table / f"day={day.isoformat()}"
+def _day_dir(table: str, day: date) -> str:
+    return day_key(table, day)
 
 
-def _month_dir(root: Path, day: date) -> Path:
-    return root / ROLLUPS / f"month={day.isoformat()[:7]}"
+def _month_dir(day: date) -> str:
+    return f"{ROLLUPS}/month={day.isoformat()[:7]}"
 
 
-def _year_dir(root: Path, year: int) -> Path:
-    return root / ROLLUPS / f"year={year:04d}"
+def _year_dir(year: int) -> str:
+    return f"{ROLLUPS}/year={year:04d}"
 
 
 def _record(sources: Mapping[str, Any]) -> str:
     return json.dumps({**sources, "rollups": ROLLUP_VERSION}, sort_keys=True, separators=(",", ":"))
 
 
-def _day_of(path: Path) -> date | None:
-    name = path.name
-    if not name.startswith("day="):
-        return None
-    try:
-        return date.fromisoformat(name[4:])
-    except ValueError:
-        return None
-
-
-def _write(df: pl.DataFrame, path: Path) -> None:
-    """Write ``df`` beside ``path`` and rename it into place (readers see all or nothing)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.write_parquet(tmp, row_group_size=_ROW_GROUP, **_WRITE)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+def encode(df: pl.DataFrame) -> bytes:
+    """``df`` as Parquet bytes, with the fixed options of the byte-identical promise."""
+    out = io.BytesIO()
+    df.write_parquet(out, row_group_size=_ROW_GROUP, **_WRITE)  # type: ignore[arg-type]
+    return out.getvalue()
 
 
 def normalise(table: str, df: pl.DataFrame) -> pl.DataFrame:
@@ -523,151 +518,211 @@ def normalise(table: str, df: pl.DataFrame) -> pl.DataFrame:
     return df.unique(subset=list(spec.key), keep="first", maintain_order=True).sort(spec.order)
 
 
-class Warehouse:
-    """Parquet files under ``root``: land batches, compact days, scan date ranges."""
+def is_compacted(names: Sequence[str]) -> bool:
+    """A day's files are one compacted file (``data.parquet``, ``data-<hash>.parquet`` on S3)."""
+    return len(names) == 1 and names[0].startswith("data")
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+
+class Warehouse:
+    """Parquet files in a store (``streams.warehouse_store``): land batches, compact days,
+    scan date ranges. ``location``: a directory, ``file:///dir`` or ``s3://bucket/prefix?...``
+    (or a store already open)."""
+
+    def __init__(self, location: str | Path | Store) -> None:
+        if isinstance(location, (str, Path)):
+            self.store: Store = open_store(location)
+        else:
+            self.store = location
+        # The directory, or the URL (it holds no secrets: credentials in one are refused).
+        path = local_path(location) if isinstance(location, (str, Path)) else None
+        self.root: Path | str = (
+            path if path is not None else location if isinstance(location, str) else ""
+        ) or self.store.describe()
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    def layout(self, tables: Sequence[str] = tuple(TABLES)) -> Layout:
+        """Every day and the files each of ``tables`` holds in it (one consistent read
+        of the manifests on S3)."""
+        return self.store.layout(tables)
 
     def days(self, table: str) -> list[date]:
-        base = self.root / table
-        if not base.is_dir():
-            return []
-        return sorted(d for p in base.iterdir() if p.is_dir() and (d := _day_of(p)) is not None)
+        return sorted(self.layout([table]))
 
-    def files(self, table: str, day: date) -> list[Path]:
-        folder = _day_dir(self.root, table, day)
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    def files(self, table: str, day: date) -> list[str]:
+        """The names of the day's visible files of ``table``, sorted."""
+        return self.layout([table]).get(day, {}).get(table, [])
 
-    def land(self, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[Path]:
-        """Write rows (by table) as one new file per table and day; the files written."""
+    def read_day(self, table: str, day: date) -> pl.DataFrame:
+        """Every row of the day's files as stored (duplicates kept): for checks."""
+        names = self.files(table, day)
+        if not names:
+            return frame(table, [])
+        return self.store.scan([f"{_day_dir(table, day)}/{n}" for n in names]).collect()
+
+    def land(self, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[str]:
+        """Write rows (by table) as one new file per table and day, a day's tables made
+        visible together; the keys written."""
+        return self.land_frames({table: frame(table, r) for table, r in rows.items()})
+
+    def land_frame(self, table: str, df: pl.DataFrame) -> list[str]:
+        """Write a frame of ``table``'s schema as one new file per day; the keys written."""
+        return self.land_frames({table: df})
+
+    def land_frames(self, frames: Mapping[str, pl.DataFrame]) -> list[str]:
+        by_day: dict[date, dict[str, bytes]] = {}
+        for table, df in frames.items():
+            if df.is_empty():
+                continue
+            df = df.with_columns(pl.col("occurred_at").dt.date().alias("_day"))
+            for (day,), part in df.partition_by("_day", as_dict=True).items():
+                assert isinstance(day, date)
+                by_day.setdefault(day, {})[table] = encode(normalise(table, part.drop("_day")))
         written = []
-        for table, table_rows in rows.items():
-            written += self.land_frame(table, frame(table, table_rows))
+        for day in sorted(by_day):
+            written += self.store.add(day, by_day[day])
         return written
-
-    def land_frame(self, table: str, df: pl.DataFrame) -> list[Path]:
-        """Write a frame of ``table``'s schema as one new file per day; the files written."""
-        if df.is_empty():
-            return []
-        written = []
-        df = df.with_columns(pl.col("occurred_at").dt.date().alias("_day"))
-        for (day,), part in df.partition_by("_day", as_dict=True).items():
-            assert isinstance(day, date)
-            folder = _day_dir(self.root, table, day)
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"batch-{uuid7()}.parquet"
-            _write(normalise(table, part.drop("_day")), path)
-            written.append(path)
-        return written
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".compact.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def compact(self, min_files: int = 2) -> int:
         """Rewrite each day with ``min_files`` or more files as one file; days rewritten.
 
         Files landed while a day is compacted are left for the next round;
-        the compacted file replaces ``data.parquet`` atomically before the
-        batches it absorbed are deleted, so a reader at worst sees a row
-        twice (and drops it by key), never loses one.
+        the compacted file replaces the ones it absorbed atomically (a rename
+        locally, a manifest swap on S3) before they are deleted, so a reader
+        at worst sees a row twice (and drops it by key), never loses one.
         """
-        rewritten = 0
-        with self._lock():
-            for table in TABLES:
-                for day in self.days(table):
-                    files = self.files(table, day)
-                    if len(files) < min_files:
+        with self.store.lock():
+            layout = self.layout()
+
+            def compact_day(day: date) -> int:
+                done = 0
+                for table in TABLES:
+                    names = layout[day].get(table)
+                    if names is None or len(names) < min_files:
                         continue
-                    merged = normalise(table, pl.read_parquet(files))
+                    keys = [f"{_day_dir(table, day)}/{n}" for n in names]
+                    merged = normalise(table, self.store.scan(keys).collect())
                     # The day's rollups are stale from here until rebuilt below (a
                     # crash in between leaves no sources.json: rebuilt on read).
                     self._invalidate(day)
-                    _write(merged, _day_dir(self.root, table, day) / DATA_FILE)
-                    for path in files:
-                        if path.name != DATA_FILE:
-                            path.unlink(missing_ok=True)
-                    rewritten += 1
+                    self.store.replace(table, day, names, encode(merged))
+                    done += 1
+                return done
+
+            # Days are independent (each its own files and manifest): on S3 they are
+            # compacted in parallel, since each request waits on the network.
+            rewritten = sum(self._map(compact_day, list(layout)))
             self._refresh_rollups()
+            self.store.sweep(self.layout())
         return rewritten
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn`` over ``items``: in order locally, by a few threads on an object store."""
+        if self.store.local or len(items) < 2:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(min(PARALLEL, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     # --- rollups ----------------------------------------------------------------------------
 
     def _all_days(self) -> list[date]:
-        return sorted({d for table in TABLES for d in self.days(table)})
+        return sorted(self.layout())
 
-    def _sources(self, day: date) -> dict[str, list[str]]:
-        """The day's table files (their names: a rewrite of ``data.parquet`` first
-        removes the records naming it, so the name alone is enough)."""
-        out = {}
-        for table in TABLES:
-            try:
-                names = os.listdir(_day_dir(self.root, table, day))
-            except FileNotFoundError:
-                names = []
-            out[table] = sorted(n for n in names if n.endswith(".parquet") and n[0] != ".")
-        return out
+    def _sources(self, day: date, layout: Layout | None = None) -> dict[str, list[str]]:
+        """The day's table files (their names: a rewrite of a day first removes the
+        records naming its files, and S3 names a compacted file by its content)."""
+        held = (layout if layout is not None else self.layout()).get(day, {})
+        return {table: list(held.get(table, [])) for table in TABLES}
 
-    def _recorded(self, folder: Path) -> str | None:
-        try:
-            return (folder / SOURCES_FILE).read_text()
-        except FileNotFoundError:
-            return None
+    def _recorded(self, folder: str) -> str | None:
+        return self.store.read_text(f"{folder}/{SOURCES_FILE}")
 
     def _invalidate(self, day: date) -> None:
         """Forget what the day's (and its month's and year's) rollups were built from."""
-        for folder in (
-            _day_dir(self.root, ROLLUPS, day),
-            _month_dir(self.root, day),
-            _year_dir(self.root, day.year),
-        ):
-            (folder / SOURCES_FILE).unlink(missing_ok=True)
+        for folder in (_day_dir(ROLLUPS, day), _month_dir(day), _year_dir(day.year)):
+            self.store.delete(f"{folder}/{SOURCES_FILE}")
 
-    def _day_rollups(self, day: date) -> dict[str, pl.DataFrame]:
+    def _day_rollups(self, day: date, layout: Layout | None = None) -> dict[str, pl.DataFrame]:
         """The day's rollups computed from its rows (what ``compact`` writes)."""
-        rows = {t: self.scan(t, day, day, columns=ROLLUP_COLUMNS[t]) for t in TABLES}
-        refunds = self.scan(EVENTS, day, day, types=[PAYMENT_REFUNDED.name], columns=REFUND_COLUMNS)
+        held = layout if layout is not None else self.layout()
+        rows = {t: self.scan(t, day, day, columns=ROLLUP_COLUMNS[t], layout=held) for t in TABLES}
+        refunds = self.scan(
+            EVENTS, day, day, types=[PAYMENT_REFUNDED.name], columns=REFUND_COLUMNS, layout=held
+        )
         return build_rollups(day, rows[EVENTS], rows[ORDER_LINES], rows[PAID_ORDERS], refunds)
 
-    def _write_rollups(
-        self, folder: Path, rollups: Mapping[str, pl.DataFrame], record: str
-    ) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SOURCES_FILE).unlink(missing_ok=True)
-        for name, df in rollups.items():
-            _write(df, folder / f"{name}.parquet")
+    def _days_rollups(
+        self, days: Sequence[date], layout: Layout
+    ) -> dict[date, dict[str, pl.DataFrame]]:
+        """Several days' rollups from their rows, with one scan per table for all of
+        them (on an object store, a scan per day and table costs requests each)."""
+        if len(days) < 2:
+            return {day: self._day_rollups(day, layout) for day in days}
+        held = {day: layout[day] for day in days if day in layout}
+
+        def by_day(df: pl.DataFrame, columns: list[str]) -> dict[date, pl.DataFrame]:
+            df = df.with_columns(pl.col("occurred_at").dt.date().alias("_day"))
+            return {
+                key[0]: part.select(columns)  # type: ignore[misc]
+                for key, part in df.partition_by("_day", as_dict=True).items()
+            }
+
+        rows: dict[str, dict[date, pl.DataFrame]] = {}
+        for table in TABLES:
+            columns = ROLLUP_COLUMNS[table]
+            wanted = columns if "occurred_at" in columns else [*columns, "occurred_at"]
+            rows[table] = by_day(self.scan(table, columns=wanted, layout=held), columns)
+        refunds = by_day(
+            self.scan(EVENTS, types=[PAYMENT_REFUNDED.name], columns=REFUND_COLUMNS, layout=held),
+            REFUND_COLUMNS,
+        )
+
+        def rows_of(table: str, day: date) -> pl.DataFrame:
+            return rows[table].get(day, frame(table, []).select(ROLLUP_COLUMNS[table]))
+
+        return {
+            day: build_rollups(
+                day,
+                rows_of(EVENTS, day),
+                rows_of(ORDER_LINES, day),
+                rows_of(PAID_ORDERS, day),
+                refunds.get(day, frame(EVENTS, []).select(REFUND_COLUMNS)),
+            )
+            for day in days
+        }
+
+    def _write_rollups(self, folder: str, rollups: Mapping[str, pl.DataFrame], record: str) -> None:
+        self.store.delete(f"{folder}/{SOURCES_FILE}")
+        self._map(
+            lambda item: self.store.write(f"{folder}/{item[0]}.parquet", encode(item[1])),
+            list(rollups.items()),
+        )
         # Written last: the rollups count only once all of them are in place.
-        tmp = folder / f".{SOURCES_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(record)
-        os.replace(tmp, folder / SOURCES_FILE)
+        self.store.write(f"{folder}/{SOURCES_FILE}", record.encode())
 
     def _refresh_rollups(self) -> None:
         """Rebuild every day's and month's rollups that no longer match their files."""
+        layout = self.layout()
         months: dict[date, dict[str, Any]] = {}
-        for day in self._all_days():
-            sources = self._sources(day)
-            record = _record(sources)
-            folder = _day_dir(self.root, ROLLUPS, day)
+
+        def refresh_day(day: date) -> None:
+            record = _record(self._sources(day, layout))
+            folder = _day_dir(ROLLUPS, day)
             if self._recorded(folder) != record:
-                self._write_rollups(folder, self._day_rollups(day), record)
-            months.setdefault(day.replace(day=1), {})[day.isoformat()] = sources
+                self._write_rollups(folder, self._day_rollups(day, layout), record)
+
+        self._map(refresh_day, list(layout))
+        for day in layout:
+            months.setdefault(day.replace(day=1), {})[day.isoformat()] = self._sources(day, layout)
         for month, days in months.items():
-            folder = _month_dir(self.root, month)
+            folder = _month_dir(month)
             record = _record(days)
             if self._recorded(folder) != record:
-                day_dirs = [_day_dir(self.root, ROLLUPS, date.fromisoformat(d)) for d in days]
+                day_dirs = [_day_dir(ROLLUPS, date.fromisoformat(d)) for d in days]
                 merged = {
                     name: merge_rollup(
-                        name, pl.read_parquet([f / f"{name}.parquet" for f in day_dirs])
+                        name, self.store.read([f"{f}/{name}.parquet" for f in day_dirs])
                     )
                     for name in ROLLUP_SCHEMAS
                 }
@@ -676,11 +731,11 @@ class Warehouse:
         for month, days in months.items():
             years.setdefault(month.year, {}).update(days)
         for year, days in years.items():
-            folder = _year_dir(self.root, year)
+            folder = _year_dir(year)
             record = _record(days)
             if self._recorded(folder) != record:
-                day_dirs = [_day_dir(self.root, ROLLUPS, date.fromisoformat(d)) for d in days]
-                funnel = pl.read_parquet([f / "funnel.parquet" for f in day_dirs])
+                day_dirs = [_day_dir(ROLLUPS, date.fromisoformat(d)) for d in days]
+                funnel = self.store.read([f"{f}/funnel.parquet" for f in day_dirs])
                 self._write_rollups(folder, funnel_year(funnel), record)
 
     def funnel_sets(self, start: date, end: date) -> dict[str, pl.DataFrame]:
@@ -691,22 +746,23 @@ class Warehouse:
         events: list[pl.DataFrame] = []
         visitors: list[pl.DataFrame] = []
         years: dict[int, list[date]] = {}
-        for day in self._all_days():
+        layout = self.layout()
+        for day in layout:
             if start <= day <= end:
                 years.setdefault(day.year, []).append(day)
         for year, days in years.items():
-            folder = _year_dir(self.root, year)
+            folder = _year_dir(year)
             recorded = json.loads(self._recorded(folder) or "{}")
             good = [
                 d
                 for d in days
                 if recorded.get("rollups") == ROLLUP_VERSION
-                and recorded.get(d.isoformat()) == self._sources(d)
+                and recorded.get(d.isoformat()) == self._sources(d, layout)
             ]
             if good:
-                counts = pl.read_parquet(folder / "funnel_events.parquet")
+                counts = self.store.read([f"{folder}/funnel_events.parquet"])
                 events.append(counts.filter(pl.col("day").is_in(good)).select("type", "events"))
-                sets = pl.read_parquet(folder / "funnel_visitors.parquet")
+                sets = self.store.read([f"{folder}/funnel_visitors.parquet"])
                 seen = pl.col("days").list.eval(pl.element().is_in(good)).list.any()
                 visitors.append(sets.filter(seen).select("type", "visitor"))
             for day in sorted(set(days) - set(good)):
@@ -735,35 +791,56 @@ class Warehouse:
         ``compact`` writes, under its lock).
         """
         months: dict[date, list[date]] = {}
-        for day in self._all_days():
+        layout = self.layout()
+        for day in layout:
             if (start is None or day >= start) and (end is None or day <= end):
                 months.setdefault(day.replace(day=1), []).append(day)
-        fresh: list[Path] = []
+        fresh: list[str] = []
         computed: dict[str, list[pl.DataFrame]] = {name: [] for name in names}
+        # The records are read up front (by a few threads on an object store): the
+        # whole months' first, then the days' of the months those do not answer.
+        whole = [
+            month
+            for month in months
+            if (start is None or start <= month)
+            and (end is None or end >= (month + timedelta(days=32)).replace(day=1) - timedelta(1))
+        ]
+        month_records = dict(
+            zip(whole, self._map(self._recorded, [_month_dir(m) for m in whole]), strict=True)
+        )
+        answered = {
+            month
+            for month, days in months.items()
+            if month in month_records
+            and month_records[month]
+            == _record({d.isoformat(): self._sources(d, layout) for d in days})
+        }
+        stale = [day for month, days in months.items() if month not in answered for day in days]
+        day_records = dict(
+            zip(
+                stale,
+                self._map(self._recorded, [_day_dir(ROLLUPS, d) for d in stale]),
+                strict=True,
+            )
+        )
+        rebuilt = self._days_rollups(
+            [d for d in stale if day_records[d] != _record(self._sources(d, layout))], layout
+        )
         for month, days in months.items():
-            sources = {day: self._sources(day) for day in days}
-            month_end = (month + timedelta(days=32)).replace(day=1) - timedelta(days=1)
-            whole = (start is None or start <= month) and (end is None or end >= month_end)
-            if whole:
-                folder = _month_dir(self.root, month)
-                if self._recorded(folder) == _record(
-                    {d.isoformat(): s for d, s in sources.items()}
-                ):
-                    fresh.append(folder)
+            if month in answered:
+                fresh.append(_month_dir(month))
+                continue
+            for day in days:
+                if day not in rebuilt:
+                    fresh.append(_day_dir(ROLLUPS, day))
                     continue
-            for day, day_sources in sources.items():
-                folder = _day_dir(self.root, ROLLUPS, day)
-                if self._recorded(folder) == _record(day_sources):
-                    fresh.append(folder)
-                    continue
-                day_rollups = self._day_rollups(day)
                 for name in names:
-                    computed[name].append(day_rollups[name])
+                    computed[name].append(rebuilt[day][name])
         out = {}
         for name in names:
             parts = computed[name]
             if fresh:
-                parts = [pl.read_parquet([f / f"{name}.parquet" for f in fresh]), *parts]
+                parts = [self.store.read([f"{f}/{name}.parquet" for f in fresh]), *parts]
             out[name] = pl.concat(parts) if parts else pl.DataFrame(schema=ROLLUP_SCHEMAS[name])
         return out
 
@@ -774,28 +851,54 @@ class Warehouse:
         end: date | None = None,
         types: Sequence[str] | None = None,
         columns: Sequence[str] | None = None,
+        layout: Layout | None = None,
     ) -> pl.DataFrame:
         """The table's rows whose day is in ``[start, end]`` (open ends), deduplicated;
         only events of ``types`` when given (``events`` only), only ``columns`` if given.
 
         A duplicate always lands in the same day (the day is the event's own), so
         only days holding more than one file are deduplicated: a compacted day is
-        read as it is.
+        read as it is. A file compacted away under the read (deleted after the
+        manifest swap) makes it start again from the new layout.
         """
+        given = layout
+        layout = layout if layout is not None else self.layout([table])
+        for attempt in range(3):
+            try:
+                return self._scan(layout, table, start, end, types, columns)
+            except Exception:
+                again = self.layout([table])
+                if given is not None:  # the caller's days only
+                    again = {d: t for d, t in again.items() if d in given}
+                if again == {d: t for d, t in layout.items() if table in t} or attempt == 2:
+                    raise
+                layout = again
+        raise AssertionError("unreachable")
+
+    def _scan(
+        self,
+        layout: Layout,
+        table: str,
+        start: date | None,
+        end: date | None,
+        types: Sequence[str] | None,
+        columns: Sequence[str] | None,
+    ) -> pl.DataFrame:
         spec = TABLES[table]
         wanted = list(columns) if columns is not None else list(spec.schema)
-        compacted: list[Path] = []
-        loose: list[Path] = []
-        for day in self.days(table):
+        compacted: list[str] = []
+        loose: list[str] = []
+        for day, tables in layout.items():
             if (start is not None and day < start) or (end is not None and day > end):
                 continue
-            files = self.files(table, day)
-            (compacted if len(files) == 1 else loose).extend(files)
+            names = tables.get(table, [])
+            keys = [f"{_day_dir(table, day)}/{n}" for n in names]
+            (compacted if len(names) == 1 else loose).extend(keys)
         parts = []
-        for files, dedupe in ((compacted, False), (loose, True)):
-            if not files:
+        for keys, dedupe in ((compacted, False), (loose, True)):
+            if not keys:
                 continue
-            lazy = pl.scan_parquet(files)
+            lazy = self.store.scan(keys)
             if types is not None:
                 lazy = lazy.filter(pl.col("type").is_in(list(types)))
             if dedupe:

@@ -4,8 +4,8 @@ Thin: it validates the range and format and has ``streams.reports.run``
 answer from the warehouse's daily rollups (``streams.warehouse``); charts come
 from ``streams.charts``. ``load`` reads the raw rows instead, for the tests and
 the benchmark that check the rollups against them. The work runs in a thread (polars and matplotlib
-release the event loop). The warehouse is the directory the warehouse
-consumer writes (``AGORA_WAREHOUSE_URL``), read on every call.
+release the event loop). The warehouse is the directory or object store the
+warehouse consumer writes (``AGORA_WAREHOUSE_URL``), read on every call.
 
 No ``from __future__ import annotations``: FastAPI reads the annotations.
 """
@@ -101,7 +101,7 @@ async def analytics_report(
         raise Problem(404, "not-found", f"No such report; the reports are: {known}.")
     rt = runtime()
     first, last = report_range(start, end, rt.settings.analytics_max_days)
-    warehouse = Warehouse(rt.settings.warehouse_root)
+    warehouse = Warehouse(rt.settings.warehouse_location)
     result = await asyncio.to_thread(_run, warehouse, name, first, last, limit, format)
     if format == "json":
         return result

@@ -8,8 +8,9 @@ duplicate row that compaction and every read drop.
 
 Each event is first appended to a journal file (one JSON line: the event and,
 for ``order.confirmed``, the order's lines, totals and categories read from
-PostgreSQL) and then acknowledged; ``tick`` turns the journal into Parquet
-files every ``flush_s`` (or ``flush_rows`` events) and empties it, and
+PostgreSQL; a local file, also when the warehouse is in an object store: an
+object cannot be appended to) and then acknowledged; ``tick`` turns the journal
+into Parquet files every ``flush_s`` (or ``flush_rows`` events) and empties it, and
 compacts the day partitions every ``compact_every_s`` (which also rebuilds
 the rollups of the days that changed, the ones the reports read). A consumer killed
 between acknowledging and flushing finds its journal on restart and lands it
@@ -48,6 +49,7 @@ from streams.events import (
 )
 from streams.outbox import pulsar_logger
 from streams.warehouse import Warehouse, rows_for
+from streams.warehouse_store import local_path
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,18 @@ class WarehouseConsumer(IdempotentConsumer):
         flush_s: float = 1.0,
         flush_rows: int = 5_000,
         compact_every_s: float = 300.0,
+        journal_dir: Path | None = None,
     ) -> None:
         super().__init__(name=name, topics=warehouse_topics(tenant, namespace))
-        self.root = Path(root)
+        # A directory, file:///dir or s3://... (streams.warehouse_store); the journal is
+        # always a local file: in the directory, or in ``journal_dir`` (an object store).
+        local = local_path(root)
+        self.root: str | Path = local if local is not None else str(root)
+        if journal_dir is None:
+            if local is None:
+                raise ValueError("a warehouse in an object store needs a local journal_dir")
+            journal_dir = local / "_journal"
+        self.journal_dir = journal_dir
         self.flush_s = flush_s
         self.flush_rows = flush_rows
         self.compact_every_s = compact_every_s
@@ -115,7 +126,7 @@ class WarehouseConsumer(IdempotentConsumer):
 
     @property
     def journal(self) -> Path:
-        return self.root / "_journal" / f"{self.name}.jsonl"
+        return self.journal_dir / f"{self.name}.jsonl"
 
     async def handle(self, pool: asyncpg.Pool, envelope: Envelope) -> bool:
         """Journal the event (no ``processed_events``: the warehouse dedupes by event id)."""
@@ -161,7 +172,8 @@ class WarehouseConsumer(IdempotentConsumer):
         """First thing in a process: what a previous run journaled is due at once."""
         if not self._recovered:
             if self.journal.exists() and self.journal.stat().st_size:
-                self._pending, self._oldest = max(self._pending, 1), 0.0
+                # Due at once (-inf: time.monotonic() counts from boot, may be < flush_s).
+                self._pending, self._oldest = max(self._pending, 1), float("-inf")
             self._recovered = True
 
     def flush(self) -> int:

@@ -96,7 +96,7 @@ async def test_product_views_reach_the_warehouse(http, db):
     assert http.get(f"/v1/products/{sku}", headers=auth(shopper)).status_code == 200
     assert http.get(f"/v1/products/{sku}", headers={"X-Cart-Token": cart_token}).status_code == 200
     assert http.get(f"/v1/products/{sku}").status_code == 200
-    warehouse = Warehouse(get_settings().warehouse_root)
+    warehouse = Warehouse(get_settings().warehouse_location)
     today = datetime.now(UTC).date()
     visitors: list = []
 

@@ -3,6 +3,7 @@ with late and duplicate events landed after a compaction and rollups cut short."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -67,16 +68,26 @@ def generated() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     return _with_extras(events), lines, paid
 
 
+@pytest.fixture
+def make_warehouse(tmp_path: Path) -> Callable[[str], Warehouse]:
+    """A new, empty warehouse per name (here: a directory; the S3 module adds a bucket)."""
+    return lambda name="wh": Warehouse(tmp_path / name)
+
+
+def _has_rollups(warehouse: Warehouse, span: str) -> bool:
+    return warehouse.store.read_text(f"{ROLLUPS}/{span}/{SOURCES_FILE}") is not None
+
+
 def _land(warehouse: Warehouse, tables: dict[str, pl.DataFrame]) -> None:
     for table, df in tables.items():
         warehouse.land_frame(table, df)
 
 
 def test_rollups_agree_with_raw_rows_through_late_and_duplicate_events(
-    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+    make_warehouse, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 ):
     events, lines, paid = generated
-    warehouse = Warehouse(tmp_path)
+    warehouse = make_warehouse()
     # Most rows land and are compacted; then the rest arrive late (into old days),
     # with a redelivery of some already compacted, and stay loose until the next round.
     late_ids = events.filter(pl.col("event_id").str.ends_with("7"))["event_id"]
@@ -100,7 +111,7 @@ def test_rollups_agree_with_raw_rows_through_late_and_duplicate_events(
     before = _answers(warehouse)
     warehouse.compact()
     for span in ("day=2026-01-05", "month=2026-01", "month=2026-02"):
-        assert (tmp_path / ROLLUPS / span / SOURCES_FILE).exists()
+        assert _has_rollups(warehouse, span)
     assert _answers(warehouse) == before
     # Every paid order counted once, as the raw rows say.
     totals = reports.run(warehouse, "sales", FIRST, LAST)["totals"]
@@ -109,19 +120,20 @@ def test_rollups_agree_with_raw_rows_through_late_and_duplicate_events(
 
 
 def test_a_day_whose_rollups_were_cut_short_is_read_from_its_rows(
-    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+    make_warehouse, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 ):
     events, lines, paid = generated
-    warehouse = Warehouse(tmp_path)
+    warehouse = make_warehouse()
     _land(warehouse, {EVENTS: events, ORDER_LINES: lines, PAID_ORDERS: paid})
     warehouse.compact(min_files=1)
     expected = _answers(warehouse)
-    folder = tmp_path / ROLLUPS / f"day={FIRST + timedelta(days=2)}"
-    (folder / SOURCES_FILE).unlink()  # a compaction killed before the rollups were done
-    (folder / "sales.parquet").write_bytes(b"garbage")
+    span = f"day={FIRST + timedelta(days=2)}"
+    # A compaction killed before the rollups were done:
+    warehouse.store.delete(f"{ROLLUPS}/{span}/{SOURCES_FILE}")
+    warehouse.store.write(f"{ROLLUPS}/{span}/sales.parquet", b"garbage")
     assert _answers(warehouse) == expected
     assert warehouse.compact() == 0  # no day had two files ...
-    assert (folder / SOURCES_FILE).exists()  # ... but the missing rollups were rebuilt
+    assert _has_rollups(warehouse, span)  # ... but the missing rollups were rebuilt
     assert _answers(warehouse) == expected
     # A batch landed into a day after its month was rolled up: that month is read by day.
     january_views = events.filter(
@@ -136,7 +148,7 @@ def test_a_day_whose_rollups_were_cut_short_is_read_from_its_rows(
     for name, start, end, raw, rolled in _answers(warehouse):
         assert rolled == raw, (name, start, end)
     assert warehouse.compact() > 0
-    assert (tmp_path / ROLLUPS / "month=2026-01" / SOURCES_FILE).exists()
+    assert _has_rollups(warehouse, "month=2026-01")
 
 
 def test_rollups_of_an_empty_day_keep_their_schemas():
@@ -160,8 +172,8 @@ def _stock(sku: str, at: datetime, available: int | None, event_id: str) -> dict
     }
 
 
-def test_a_stockout_that_spans_days_is_one_stockout_with_all_its_hours(tmp_path: Path):
-    warehouse = Warehouse(tmp_path)
+def test_a_stockout_that_spans_days_is_one_stockout_with_all_its_hours(make_warehouse):
+    warehouse = make_warehouse()
     day1 = datetime(2026, 3, 1, 20, tzinfo=UTC)
     rows = [
         _stock("A", day1, 0, "s1"),  # out at 20:00 on the 1st ...
@@ -183,10 +195,10 @@ def test_a_stockout_that_spans_days_is_one_stockout_with_all_its_hours(tmp_path:
 
 
 def test_sales_net_out_refunds_on_their_own_day_and_skip_failed_ones(
-    tmp_path: Path, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
+    make_warehouse, generated: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]
 ):
     events, lines, paid = generated
-    warehouse = Warehouse(tmp_path)
+    warehouse = make_warehouse()
     _land(warehouse, {EVENTS: events, ORDER_LINES: lines, PAID_ORDERS: paid})
     warehouse.compact(min_files=1)
     refunds = events.filter(pl.col("type") == "payment.refunded")
@@ -211,10 +223,10 @@ def test_sales_net_out_refunds_on_their_own_day_and_skip_failed_ones(
         assert all("refunds" not in r for r in report["by_category"])
 
 
-def test_rollups_written_by_an_older_version_are_not_trusted(tmp_path: Path):
+def test_rollups_written_by_an_older_version_are_not_trusted(make_warehouse):
     day = date(2026, 3, 2)
     at = datetime(2026, 3, 2, 12, tzinfo=UTC)
-    warehouse = Warehouse(tmp_path)
+    warehouse = make_warehouse()
     refund = {
         "event_id": "r1",
         "type": "payment.refunded",
@@ -225,13 +237,14 @@ def test_rollups_written_by_an_older_version_are_not_trusted(tmp_path: Path):
     }
     warehouse.land_frame(EVENTS, frame(EVENTS, [refund]))
     warehouse.compact(min_files=1)
-    folder = tmp_path / ROLLUPS / f"day={day.isoformat()}"
-    record = (folder / SOURCES_FILE).read_text()
-    assert '"rollups":' in record
+    folder = f"{ROLLUPS}/day={day.isoformat()}"
+    record = warehouse.store.read_text(f"{folder}/{SOURCES_FILE}")
+    assert record is not None and '"rollups":' in record
     # A record as the first rollups wrote it (no version) over an empty refunds file.
-    (folder / SOURCES_FILE).write_text(
-        record.replace(',"rollups":2', "").replace('"rollups":2,', "")
+    warehouse.store.write(
+        f"{folder}/{SOURCES_FILE}",
+        record.replace(',"rollups":2', "").replace('"rollups":2,', "").encode(),
     )
-    (folder / "refunds.parquet").unlink()
+    warehouse.store.delete(f"{folder}/refunds.parquet")
     sales = reports.run(warehouse, "sales", day, day)
     assert sales["totals"]["refunds"]["amount"] == 700

@@ -8,14 +8,15 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import polars as pl
 import pytest
 
 from cluster import analytics
@@ -42,8 +43,10 @@ from streams.warehouse import (
     ROLLUP_SCHEMAS,
     SOURCES_FILE,
     Warehouse,
+    is_compacted,
     rows_for,
 )
+from streams.warehouse_store import MANIFESTS
 
 
 def _ms(day: str, hour: int = 12) -> int:
@@ -86,12 +89,31 @@ ROLLUP_FILES = [
 ]
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    }
+def _digests(warehouse: Warehouse) -> dict[str, str]:
+    """Every file of the warehouse (not the local lock) by key: its bytes' digest."""
+    out = {}
+    for key in warehouse.store.keys():
+        if key.rpartition("/")[2].startswith("."):
+            continue
+        data = warehouse.store.read_bytes(key)
+        assert data is not None
+        out[key] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _named_as_local(keys: list[str]) -> list[str]:
+    """Table file keys as a local warehouse names them (S3: ``data-<hash>``, manifests)."""
+    return sorted(
+        re.sub(r"/data-[0-9a-f]{16}\.parquet$", f"/{DATA_FILE}", k)
+        for k in keys
+        if not k.startswith(f"{MANIFESTS}/")
+    )
+
+
+@pytest.fixture
+def make_warehouse(tmp_path: Path) -> Callable[[str], Warehouse]:
+    """A new, empty warehouse per name (here: a directory; the S3 module adds a bucket)."""
+    return lambda name="wh": Warehouse(tmp_path / name)
 
 
 def test_rows_of_a_paid_order_carry_its_lines_and_totals():
@@ -154,8 +176,8 @@ def test_unreadable_events_raise(event: Envelope):
         rows_for(event)
 
 
-def test_days_are_partitions_and_a_late_event_lands_in_its_own_day(tmp_path: Path):
-    warehouse = Warehouse(tmp_path)
+def test_days_are_partitions_and_a_late_event_lands_in_its_own_day(make_warehouse):
+    warehouse = make_warehouse()
     _land(warehouse, [_view("2026-11-02"), _view("2026-11-03"), _confirmed("2026-11-03")])
     assert warehouse.days(EVENTS) == [date(2026, 11, 2), date(2026, 11, 3)]
     assert warehouse.days(ORDER_LINES) == [date(2026, 11, 3)]
@@ -166,11 +188,11 @@ def test_days_are_partitions_and_a_late_event_lands_in_its_own_day(tmp_path: Pat
     late = warehouse.scan(EVENTS, date(2026, 11, 1), date(2026, 11, 1))
     assert late["sku"].to_list() == ["LATE"]
     assert warehouse.scan(EVENTS, date(2026, 11, 2)).height == 3
-    assert [p.name for p in warehouse.files(EVENTS, date(2026, 11, 3))] == [DATA_FILE]
+    assert is_compacted(warehouse.files(EVENTS, date(2026, 11, 3)))
 
 
-def test_duplicates_are_dropped_on_read_and_by_compaction(tmp_path: Path):
-    warehouse = Warehouse(tmp_path)
+def test_duplicates_are_dropped_on_read_and_by_compaction(make_warehouse):
+    warehouse = make_warehouse()
     view, paid = _view("2026-11-02"), _confirmed("2026-11-02")
     _land(warehouse, [view, paid])
     _land(warehouse, [view, paid])  # redelivered
@@ -180,13 +202,13 @@ def test_duplicates_are_dropped_on_read_and_by_compaction(tmp_path: Path):
     assert warehouse.scan(EVENTS).height == 2
     assert warehouse.scan(ORDER_LINES).height == 1
     assert warehouse.compact() == 3  # events, order_lines and paid_orders of that day
-    assert [p.name for p in warehouse.files(EVENTS, day)] == [DATA_FILE]
-    assert pl.read_parquet(warehouse.files(EVENTS, day)).height == 2
+    assert is_compacted(warehouse.files(EVENTS, day))
+    assert warehouse.read_day(EVENTS, day).height == 2
     assert warehouse.compact() == 0  # nothing left to compact
 
 
-def test_compaction_keeps_what_landed_since_and_types_filter(tmp_path: Path):
-    warehouse = Warehouse(tmp_path)
+def test_compaction_keeps_what_landed_since_and_types_filter(make_warehouse):
+    warehouse = make_warehouse()
     _land(warehouse, [_view("2026-11-02", hour=1), _view("2026-11-02", hour=2)])
     warehouse.compact(min_files=1)
     _land(warehouse, [_confirmed("2026-11-02")])
@@ -194,28 +216,28 @@ def test_compaction_keeps_what_landed_since_and_types_filter(tmp_path: Path):
     only_paid = warehouse.scan(EVENTS, types=[ORDER_CONFIRMED.name])
     assert only_paid["type"].to_list() == [ORDER_CONFIRMED.name]
     warehouse.compact()
-    rows = pl.read_parquet(warehouse.files(EVENTS, date(2026, 11, 2)))
+    rows = warehouse.read_day(EVENTS, date(2026, 11, 2))
     # Sorted by time then id: the two views (01:00, 02:00) before the order (12:00).
     assert rows["type"].to_list() == ["product.viewed", "product.viewed", "order.confirmed"]
 
 
-def test_two_replays_in_any_order_and_batching_give_identical_bytes(tmp_path: Path):
+def test_two_replays_in_any_order_and_batching_give_identical_bytes(make_warehouse):
     events = [_view(f"2026-11-0{1 + i % 3}", sku=f"S{i % 4}", hour=i % 24) for i in range(60)]
     events += [_confirmed("2026-11-02", f"o{i}") for i in range(5)]
 
-    def rebuild(root: Path, seed: int) -> dict[str, str]:
+    def rebuild(name: str, seed: int) -> dict[str, str]:
         order = events + events[:9]  # with redeliveries
         random.Random(seed).shuffle(order)
-        warehouse = Warehouse(root)
+        warehouse = make_warehouse(name)
         size = 3 + seed
         for start in range(0, len(order), size):
             _land(warehouse, order[start : start + size])
         warehouse.compact(min_files=1)
-        return _digests(root)
+        return _digests(warehouse)
 
-    first, second = rebuild(tmp_path / "a", 1), rebuild(tmp_path / "b", 2)
+    first, second = rebuild("a", 1), rebuild("b", 2)
     assert first == second
-    assert sorted(first) == [
+    assert _named_as_local(list(first)) == [
         "events/day=2026-11-01/data.parquet",
         "events/day=2026-11-02/data.parquet",
         "events/day=2026-11-03/data.parquet",
@@ -225,8 +247,8 @@ def test_two_replays_in_any_order_and_batching_give_identical_bytes(tmp_path: Pa
     ]
 
 
-def test_scan_of_an_empty_warehouse_has_the_schema(tmp_path: Path):
-    empty = Warehouse(tmp_path / "none").scan(ORDER_LINES)
+def test_scan_of_an_empty_warehouse_has_the_schema(make_warehouse):
+    empty = make_warehouse("none").scan(ORDER_LINES)
     assert empty.height == 0 and "category" in empty.columns
 
 
@@ -272,8 +294,16 @@ def test_enrichment_reads_the_order_and_categories():
     assert asyncio.run(enrichment(conn, _view("2026-11-02"))) == {}
 
 
-def test_consumer_journals_then_lands_when_due(tmp_path: Path):
-    consumer = WarehouseConsumer("agora", "events", tmp_path, flush_s=3600, compact_every_s=3600)
+def test_consumer_journals_then_lands_when_due(make_warehouse, tmp_path: Path):
+    warehouse = make_warehouse()
+    consumer = WarehouseConsumer(
+        "agora",
+        "events",
+        warehouse.root,
+        flush_s=3600,
+        compact_every_s=3600,
+        journal_dir=tmp_path / "journal",
+    )
     assert "persistent://agora/events/views" in consumer.topics
     pool: Any = _Pool(_Conn({"o1": ORDER}, {"A": "books"}))
 
@@ -281,14 +311,14 @@ def test_consumer_journals_then_lands_when_due(tmp_path: Path):
         assert await consumer.handle(pool, _view("2026-11-02"))
         assert await consumer.handle(pool, _confirmed("2026-11-02"))
         await consumer.tick(pool)  # not due yet: only the journal holds them
-        assert Warehouse(tmp_path).scan(EVENTS).height == 0
+        assert warehouse.scan(EVENTS).height == 0
         assert len(consumer.journal.read_bytes().splitlines()) == 2
         consumer.flush_s = 0
         await consumer.tick(pool)
 
     asyncio.run(run())
-    assert Warehouse(tmp_path).scan(EVENTS).height == 2
-    assert Warehouse(tmp_path).scan(ORDER_LINES)["category"].to_list() == ["books"]
+    assert warehouse.scan(EVENTS).height == 2
+    assert warehouse.scan(ORDER_LINES)["category"].to_list() == ["books"]
     assert consumer.journal.read_bytes() == b""
 
 
@@ -335,8 +365,8 @@ def test_report_range_defaults_and_limits():
         report_range(date(2020, 1, 1), date(2026, 1, 1), 365)
 
 
-def test_load_reads_only_what_a_report_needs(tmp_path: Path):
-    warehouse = Warehouse(tmp_path)
+def test_load_reads_only_what_a_report_needs(make_warehouse):
+    warehouse = make_warehouse()
     _land(
         warehouse, [_view("2026-10-02"), _confirmed("2026-10-02"), _confirmed("2026-11-02", "o2")]
     )
@@ -409,10 +439,24 @@ def test_cli_compacts_and_refuses_a_non_empty_rebuild_target(tmp_path: Path, cap
     assert consumer.root == tmp_path / "warehouse" and consumer.name == "warehouse"
 
 
-def test_an_object_store_warehouse_url_is_refused():
+def test_the_warehouse_url_names_a_directory_or_an_object_store(tmp_path: Path):
+    s3 = Settings(var_dir=tmp_path, warehouse_url="s3://bucket/wh?endpoint=http://h:9000")
+    assert s3.warehouse_location == "s3://bucket/wh?endpoint=http://h:9000"
+    assert s3.warehouse_journal_dir == tmp_path / "warehouse-journal"
     with pytest.raises(ValueError):
-        _ = Settings(warehouse_url="s3://bucket/wh").warehouse_root
-    assert Settings(warehouse_url="file:///srv/wh").warehouse_root == Path("/srv/wh")
+        _ = s3.warehouse_root  # no directory (backups skip it)
+    local = Settings(warehouse_url="file:///srv/wh")
+    assert local.warehouse_root == Path("/srv/wh") and local.warehouse_journal_dir is None
+    assert Settings(var_dir=tmp_path).warehouse_location == str(tmp_path / "warehouse")
+    for bad in ("s3://", "s3://k:secret@bucket/wh", "s3://b/wh?endpoint=ftp://h", "gs://b/wh"):
+        with pytest.raises(ValueError):
+            _ = Settings(warehouse_url=bad).warehouse_location
+    with pytest.raises(ValueError):  # an object store needs a local journal
+        WarehouseConsumer("agora", "events", "s3://bucket/wh")
+    assert analytics.rebuild_target("s3://b/wh?endpoint=http://h:9000", None) == (
+        "s3://b/wh.rebuild?endpoint=http://h:9000"
+    )
+    assert analytics.rebuild_target("/srv/wh", None) == "/srv/wh.rebuild"
 
 
 class _Request:
