@@ -6,9 +6,10 @@ one Ray call, and returns the shard's typed reply (frozen values, or the one
 ``actors.messages.Rejected``). Nobody else computes shard names or calls
 ``.remote(`` on a shard handle.
 
-Carts and sessions move between shards live (``agora scale``): their calls go
-through ``_routed``, which follows a shard's ``Rejected("moved")`` to the newer
-ring and retries on the new owner; no caller ever sees that rejection.
+Carts, sessions and inventory move between shards live (``agora scale``): their
+calls go through ``_routed`` (inventory's many-line calls through
+``InventoryClient._per_shard``), which follows a shard's ``Rejected("moved")`` to
+the newer ring and retries on the new owner; no caller ever sees that rejection.
 """
 
 from __future__ import annotations
@@ -113,10 +114,15 @@ class CartClient(_Client):
 
 
 class InventoryClient(_Client):
-    """Stock: reservations (one call per shard for many lines), commits, releases, admin."""
+    """Stock: reservations (one call per shard for many lines), commits, releases, admin.
 
-    def _shard(self, sku: str) -> Any:
-        return self.directory.get("inventory", sku)
+    SKUs move between shards live (``agora scale inventory=N``). A single-SKU call goes
+    through ``_routed``. A many-line call (``_per_shard``) sends each shard involved its
+    lines in one call; a shard that answers "moved" has changed none of them (it checks
+    that it owns all of its lines at once, ``InventoryShardImpl._items``), so those lines
+    are grouped again on the newer ring and sent again: every command is idempotent per
+    reservation id, and a hold made on the old owner is in the row the new owner loads.
+    """
 
     def _by_shard(self, lines: tuple[LineHold, ...]) -> dict[str, tuple[LineHold, ...]]:
         groups: dict[str, list[LineHold]] = {}
@@ -124,58 +130,88 @@ class InventoryClient(_Client):
             groups.setdefault(self.directory.shard_for("inventory", line.sku), []).append(line)
         return {name: tuple(group) for name, group in groups.items()}
 
+    async def _per_shard(
+        self, method: str, lines: tuple[LineHold, ...], *args: Any, order_id: str | None = None
+    ) -> list[Any]:
+        """``method([order_id,] group, *args)`` on every shard owning some of ``lines``, in
+        parallel; the replies of the shards that did it (one per shard, any order).
+
+        A group answered "moved" (nothing done on that shard) goes again, regrouped on the
+        ring the answer names; when no answer names a newer ring (a shard still on the
+        older one), after a short, growing pause, as ``_routed`` does.
+        """
+        carrier = trace_carrier()
+        head = () if order_id is None else (order_id,)
+        replies: list[Any] = []
+        pending = lines
+        for attempt in range(MOVED_RETRIES):
+            epoch = self.directory.epoch("inventory")
+            groups = self._by_shard(pending)
+            calls = []
+            for name, group in groups.items():
+                handle = self.directory.handle(name)
+                if carrier is None:
+                    calls.append(handle.call.remote(method, *head, group, *args))
+                else:
+                    calls.append(handle.traced.remote(carrier, method, *head, group, *args))
+            pending = ()
+            for group, reply in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+                if isinstance(reply, Rejected) and reply.code == MOVED:
+                    pending += group
+                    if reply.ring is not None:
+                        self.directory.adopt("inventory", *reply.ring)
+                else:
+                    replies.append(reply)
+            if not pending:
+                return replies
+            if self.directory.epoch("inventory") == epoch:
+                await asyncio.sleep(min(MOVED_PAUSE_S * 2**attempt, MOVED_PAUSE_MAX_S))
+        skus = ", ".join(sorted({line.sku for line in pending}))
+        raise ShardMoved(f"inventory {skus}: still moving after {MOVED_RETRIES} tries")
+
     async def get(self, sku: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await _call(self._shard(sku), "get", sku))
+        return cast(StockView | Rejected, await _routed(self.directory, "inventory", sku, "get"))
 
     async def set_on_hand(self, sku: str, on_hand: int) -> StockView | Rejected:
-        return cast(
-            StockView | Rejected, await _call(self._shard(sku), "set_on_hand", sku, on_hand)
-        )
+        reply = await _routed(self.directory, "inventory", sku, "set_on_hand", on_hand)
+        return cast(StockView | Rejected, reply)
 
     async def adjust(self, sku: str, delta: int, reason: str) -> StockView | Rejected:
-        reply = await _call(self._shard(sku), "adjust", sku, delta, reason)
+        reply = await _routed(self.directory, "inventory", sku, "adjust", delta, reason)
         return cast(StockView | Rejected, reply)
 
     async def reserve(
         self, sku: str, rid: str, quantity: int, ttl_s: int | None = None
     ) -> StockView | Rejected:
-        reply = await _call(self._shard(sku), "reserve", sku, rid, quantity, ttl_s)
+        reply = await _routed(self.directory, "inventory", sku, "reserve", rid, quantity, ttl_s)
         return cast(StockView | Rejected, reply)
 
     async def commit(self, sku: str, rid: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await _call(self._shard(sku), "commit", sku, rid))
+        reply = await _routed(self.directory, "inventory", sku, "commit", rid)
+        return cast(StockView | Rejected, reply)
 
     async def release(self, sku: str, rid: str) -> StockView | Rejected:
-        return cast(StockView | Rejected, await _call(self._shard(sku), "release", sku, rid))
+        reply = await _routed(self.directory, "inventory", sku, "release", rid)
+        return cast(StockView | Rejected, reply)
 
     async def audit(self, sku: str) -> Audit:
-        return cast(Audit, await _call(self._shard(sku), "audit", sku))
+        return cast(Audit, await _routed(self.directory, "inventory", sku, "audit"))
 
     async def reserve_many(
         self, order_id: str, lines: tuple[LineHold, ...], ttl_s: int | None = None
     ) -> list[Held | Short]:
         """One call per inventory shard involved, in parallel; each shard all-or-nothing."""
-        groups = self._by_shard(lines)
-        calls = [
-            _call(self.directory.handle(name), "reserve_many", order_id, group, ttl_s)
-            for name, group in groups.items()
-        ]
-        return list(await asyncio.gather(*calls))
+        replies = await self._per_shard("reserve_many", lines, ttl_s, order_id=order_id)
+        return cast(list[Held | Short], replies)
 
     async def commit_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
-        groups = self._by_shard(lines)
-        calls = [_call(self.directory.handle(n), "commit_many", g) for n, g in groups.items()]
-        return list(await asyncio.gather(*calls))
+        return cast(list[Done | Rejected], await self._per_shard("commit_many", lines))
 
     async def release_many(self, lines: tuple[LineHold, ...]) -> list[Done]:
-        groups = self._by_shard(lines)
-        calls = [_call(self.directory.handle(n), "release_many", g) for n, g in groups.items()]
-        return list(await asyncio.gather(*calls))
+        return cast(list[Done], await self._per_shard("release_many", lines))
 
     async def return_many(self, lines: tuple[LineHold, ...]) -> list[Done | Rejected]:
-        groups = self._by_shard(lines)
-        calls = [_call(self.directory.handle(n), "return_many", g) for n, g in groups.items()]
-        return list(await asyncio.gather(*calls))
+        return cast(list[Done | Rejected], await self._per_shard("return_many", lines))
 
 
 class SessionClient(_Client):

@@ -36,7 +36,7 @@ from cluster.settings import Settings, get_settings
 from streams import tracing
 
 # The kinds whose keys move between shards live; the others keep their settings' count.
-MOVABLE_KINDS = ("cart", "session")
+MOVABLE_KINDS = ("cart", "session", "inventory")
 
 
 def _store(kind: str) -> Store:
@@ -67,7 +67,7 @@ def shard_env(name: str, *, kind: str | None = None, settings: Settings | None =
         return pool[0]
 
     if kind != "order":
-        # Carts and sessions follow the durable ring (live rescaling, ``agora scale``).
+        # Carts, sessions and inventory follow the durable ring (``agora scale``).
         rings = PostgresRings() if kind in MOVABLE_KINDS else None
         return ShardEnv(settings=settings, store=_store(kind), open_pool=open_pool, rings=rings)
     directory = shard_directory(settings)

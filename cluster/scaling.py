@@ -17,8 +17,10 @@ A rescale of one kind, from N shards to M, while traffic flows:
    "moved" (a stopped shard would fail its call instead). The next restart drops them.
 
 An interrupted rescale (the CLI killed in step 2) leaves the ring handing off;
-running the same ``agora scale`` again resumes it. Inventory and order shards
-are refused (``REFUSED``): see docs/DECISIONS.md.
+running the same ``agora scale`` again resumes it. Carts, sessions and inventory
+move (an inventory SKU's reservations are part of its row, so they are handed over
+with it, expiry included); order shards are refused (``REFUSED``): see
+docs/DECISIONS.md.
 """
 
 from __future__ import annotations
@@ -37,12 +39,6 @@ from cluster.bootstrap import MOVABLE_KINDS
 
 API = "api"
 REFUSED = {
-    "inventory": (
-        "inventory shards hold reservations (and their TTL timers) in memory and reserve many"
-        " SKUs in one all-or-nothing call; they are not moved live yet. Change"
-        " AGORA_INVENTORY_SHARDS and restart (agora down; agora up): the reservations reload"
-        " from PostgreSQL."
-    ),
     "order": (
         "order shards run checkout sagas in flight; they are not moved live yet. Change"
         " AGORA_ORDER_SHARDS and restart (agora down; agora up): unfinished sagas resume from"

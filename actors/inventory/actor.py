@@ -7,6 +7,14 @@ is reserved. Reserve, release and commit are idempotent by reservation id
 (repeats answer as the first call did) and durable: answered only after the
 batch holding the change has committed (group commit). Expired reservations
 are released by a sweeper and ignored by reads before that.
+
+SKUs move between shards live (``agora scale inventory=N``, ``actors.shard``): a
+reservation is part of its SKU's stored row (with its absolute expiry), so the old
+owner flushes it with the SKU and the new owner loads it, TTL and all, from
+PostgreSQL. A many-line command checks that it owns every one of its SKUs, with no
+await before it changes them (``_items``): it changes all of them here, or none and
+answers "moved" (``actors.clients.InventoryClient`` regroups those lines on the newer
+ring and sends them again, idempotent per reservation id).
 """
 
 from __future__ import annotations
@@ -30,12 +38,17 @@ from actors.inventory.model import (
     view_of,
 )
 from actors.messages import Rejected
-from actors.shard import EnvFactory, ShardEnv, ShardShell
+from actors.shard import EnvFactory, KeyMoved, ShardEnv, ShardShell
 from streams.events import Envelope
+
+# ``_items`` loads a command's SKUs again when one was evicted meanwhile, at most this often.
+ITEMS_TRIES = 5
 
 
 class InventoryShardImpl(ShardShell[StockItem]):
     """Owns the stock of many SKUs; every change is answered after its commit."""
+
+    movable = True  # ``agora scale``: a live rescale hands its SKUs over (actors.shard)
 
     def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         super().__init__(name, env)
@@ -58,6 +71,8 @@ class InventoryShardImpl(ShardShell[StockItem]):
             await asyncio.sleep(self.settings.sweep_interval_ms / 1000)
             now = self.clock()
             for sku, item in list(self.states.items()):
+                if self.ring is not None and not self.ring.owns(sku):
+                    continue  # being handed over (flushed as it is): its new owner sweeps it
                 with contextlib.suppress(Exception):
                     if item.sweep(now):
                         self.changed(sku, item, [])
@@ -72,8 +87,23 @@ class InventoryShardImpl(ShardShell[StockItem]):
         return view_of(item, self.clock())
 
     async def _items(self, lines: tuple[LineHold, ...]) -> dict[str, StockItem]:
-        states = await asyncio.gather(*[self.state(sku) for sku in {line.sku for line in lines}])
-        return {item.sku: item for item in states}
+        """The states of every SKU of ``lines``, all owned and resident at the same instant.
+
+        They load in parallel, so by the time the last one is there the ring may have given
+        an earlier one away (its flush to the new owner is under way), or the LRU may have
+        evicted it: both are checked again with no await before the caller changes anything,
+        so a many-line command changes every SKU here or none (``KeyMoved``: "moved").
+        """
+        skus = list(dict.fromkeys(line.sku for line in lines))
+        for _ in range(ITEMS_TRIES):
+            states = await asyncio.gather(*[self.state(sku) for sku in skus])
+            if self.ring is not None:  # a ring member: the ring may have moved meanwhile
+                for sku in skus:
+                    if not self.ring.owns(sku):
+                        raise KeyMoved(sku, self.ring.owner(sku), self.ring.spec)
+            if all(self.states.get(item.sku) is item for item in states):
+                return {item.sku: item for item in states}
+        raise RuntimeError(f"{self.name}: {len(skus)} SKUs do not stay resident together")
 
     async def _durable(self, items: list[StockItem], events: list[Envelope]) -> None:
         """Mark every changed item and wait for the one group commit that holds them all."""
