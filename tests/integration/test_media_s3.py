@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -26,45 +21,19 @@ from cluster.adapters.object_store import IMMUTABLE, S3MediaStore, open_store
 from cluster.settings import Settings
 from serve import problems, runtime
 from serve.routers import media as media_router
+from tests.s3 import moto_server
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "agora-media-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = Path(sys.executable).parent / "moto_server"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # our own venv's moto_server
-            [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -15,18 +15,12 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
-import boto3
 import polars as pl
 import pytest
 
@@ -45,6 +39,7 @@ from streams.warehouse import (
     is_compacted,
 )
 from streams.warehouse_store import MANIFESTS, S3Store, day_key, open_store
+from tests.s3 import moto_server
 from tests.unit import test_analytics_rollups as rollup_cases
 from tests.unit import test_analytics_warehouse as warehouse_cases
 
@@ -76,40 +71,15 @@ BUCKET = "agora-warehouse-test"
 SECRET = "wh-secret-" + uuid.uuid4().hex
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ["AWS_ACCESS_KEY_ID"] = "warehouse-test"
     os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = Path(sys.executable).parent / "moto_server"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # our own venv's moto_server
-            [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield url
+        with moto_server(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET) as url:
+            yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
