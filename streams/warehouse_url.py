@@ -8,22 +8,23 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
-def parse_s3_url(url: str) -> dict[str, Any]:
-    """``s3://bucket[/prefix]?endpoint=...&region=...`` as S3Store's arguments."""
+def parse_s3_url(url: str, setting: str = "AGORA_WAREHOUSE_URL") -> dict[str, Any]:
+    """``s3://bucket[/prefix]?endpoint=...&region=...`` as an S3 store's arguments (the
+    warehouse's and the media's; ``setting`` names the URL in errors)."""
     parts = urlsplit(url)
     if parts.scheme != "s3":
         raise ValueError(
-            "AGORA_WAREHOUSE_URL must be s3://bucket[/prefix]?endpoint=..., file:///dir or a path"
+            f"{setting} must be s3://bucket[/prefix]?endpoint=..., file:///dir or a path"
         )
     if not parts.netloc or parts.username or parts.password:
-        raise ValueError("AGORA_WAREHOUSE_URL s3:// needs a bucket and no credentials in the URL")
+        raise ValueError(f"{setting} s3:// needs a bucket and no credentials in the URL")
     query = parse_qs(parts.query)
     unknown = set(query) - {"endpoint", "region"}
     if unknown:
-        raise ValueError(f"AGORA_WAREHOUSE_URL: unknown options {sorted(unknown)}")
+        raise ValueError(f"{setting}: unknown options {sorted(unknown)}")
     endpoint = query.get("endpoint", [None])[0]
     if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ValueError("AGORA_WAREHOUSE_URL endpoint must be an http(s) URL")
+        raise ValueError(f"{setting} endpoint must be an http(s) URL")
     prefix = parts.path.strip("/")
     return {
         "bucket": parts.netloc,

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cluster.adapters.media import CONTENT_TYPES, NAME, LocalMediaStore
+from streams.warehouse_url import parse_s3_url
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -167,19 +168,4 @@ def open_store(url: str | None, local_root: Path) -> MediaStore:
         return LocalMediaStore(Path(parts.path))
     if parts.scheme != "s3":
         raise ValueError("AGORA_MEDIA_URL must be s3://bucket[/prefix]?endpoint=... or file:///dir")
-    if not parts.netloc or parts.username or parts.password:
-        raise ValueError("AGORA_MEDIA_URL s3:// needs a bucket and no credentials in the URL")
-    query = parse_qs(parts.query)
-    unknown = set(query) - {"endpoint", "region"}
-    if unknown:
-        raise ValueError(f"AGORA_MEDIA_URL: unknown options {sorted(unknown)}")
-    endpoint = query.get("endpoint", [None])[0]
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ValueError("AGORA_MEDIA_URL endpoint must be an http(s) URL")
-    prefix = parts.path.strip("/")
-    return S3MediaStore(
-        bucket=parts.netloc,
-        prefix=prefix + "/" if prefix else "",
-        endpoint=endpoint,
-        region=query.get("region", ["us-east-1"])[0],
-    )
+    return S3MediaStore(**parse_s3_url(url, setting="AGORA_MEDIA_URL"))
