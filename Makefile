@@ -48,7 +48,7 @@ status: deps
 
 # The whole suite, once; it also records coverage (var/.coverage) for `make coverage`.
 test: deps
-	$(BIN)/pytest -q $(COV_ARGS) --cov-report=
+	$(BIN)/pytest -q --durations=25 $(COV_ARGS) --cov-report=
 
 lint: deps
 	$(BIN)/ruff check actors serve streams ledger cluster tests loadtests
