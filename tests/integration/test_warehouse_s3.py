@@ -216,8 +216,10 @@ def test_reports_from_s3_equal_the_local_ones_file_for_file(s3, tmp_path: Path):
             warehouse.land_frame(table, df.head(df.height // 2))
             warehouse.land_frame(table, df)  # half of it twice
         warehouse.compact(min_files=1)
+    # Two of the unit tier's ranges (which runs them all on directories): the whole span
+    # and one across the month boundary; each S3 read here is a round trip to moto.
     for name in reports.REPORTS:
-        for start, end in rollup_cases.RANGES:
+        for start, end in (rollup_cases.RANGES[0], rollup_cases.RANGES[2]):
             assert reports.run(remote, name, start, end, 25) == reports.run(
                 local, name, start, end, 25
             ), name

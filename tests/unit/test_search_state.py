@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from cluster.adapters.catalog_search import Signals
@@ -59,9 +60,17 @@ def _found(state: CatalogState, q: str) -> list[str]:
     return [index.skus[s] for s in index.search(index.parse(q), Filters(), "relevance", 10).slots]
 
 
-async def _settle() -> None:
-    """Let background re-reads (and a rebuild in the default executor) land."""
-    for _ in range(50):
+def _top_rated(state: CatalogState) -> str:
+    top = state.index.search(None, Filters(), "rating", 1).slots
+    return state.index.skus[top[0]]
+
+
+async def _settle(landed: Callable[[], bool]) -> None:
+    """Let background re-reads (and a rebuild in the default executor) land: until
+    ``landed()`` holds, at most 10 s (a busy CI box can take more than half a second)."""
+    for _ in range(1000):
+        if landed():
+            return
         await asyncio.sleep(0.01)
 
 
@@ -72,21 +81,20 @@ async def test_created_updated_deleted_and_reviewed_products_follow_into_the_ind
     store.products["C"] = _facts("C", "Steel Kettle")
     store.signals["C"] = Signals(2.0, False, 0.0, 0, 0.0)
     state.on_event(make_event(PRODUCT_CREATED, "C", {"sku": "C"}, 1))
-    await _settle()
+    await _settle(lambda: len(_found(state, "kettle")) == 2)
     assert sorted(_found(state, "kettle")) == ["A", "C"]
     store.products["A"] = _facts("A", "Copper Teapot")
     state.on_event(make_event(PRODUCT_UPDATED, "A", {"sku": "A"}, 2))
-    await _settle()
+    await _settle(lambda: _found(state, "teapot") == ["A"])
     assert _found(state, "kettle") == ["C"] and _found(state, "teapot") == ["A"]
     assert (await state.product("A"))[0].name == "Copper Teapot"
     store.signals["C"] = Signals(2.0, False, 4.5, 2, 0.0)
     state.on_event(make_event(PRODUCT_REVIEWED, "C", {"sku": "C"}, 3))
-    await _settle()
-    top = state.index.search(None, Filters(), "rating", 1).slots
-    assert state.index.skus[top[0]] == "C"
+    await _settle(lambda: _top_rated(state) == "C")
+    assert _top_rated(state) == "C"
     store.signals["C"] = Signals(2.0, True, 4.5, 2, 0.0)  # retired
     state.on_event(make_event(PRODUCT_DELETED, "C", {"sku": "C"}, 4))
-    await _settle()
+    await _settle(lambda: _found(state, "kettle") == [])
     assert _found(state, "kettle") == [] and await state.product("C") is None
 
 
@@ -97,7 +105,8 @@ async def test_the_same_event_twice_changes_nothing_more():
     event = make_event(PRODUCT_UPDATED, "A", {"sku": "A"}, 2)
     state.on_event(event)
     state.on_event(event)
-    await _settle()
+    await _settle(lambda: _found(state, "teapot") == ["A"])
+    await asyncio.sleep(0.2)  # a second apply, if any, lands too
     assert _found(state, "teapot") == ["A"] and len(state.index) == 2
 
 
@@ -107,7 +116,7 @@ async def test_a_reindex_request_rereads_the_catalog():
     store.products["B"] = _facts("B", "Iron Wok")  # changed in SQL: no product event
     assert _found(state, "wok") == []
     state.on_event(make_event(SEARCH_REINDEX_REQUESTED, "search", {}, 5))
-    await _settle()
+    await _settle(lambda: _found(state, "wok") == ["B"])
     assert _found(state, "wok") == ["B"] and store.catalog_loads == 2
 
 
