@@ -6,8 +6,8 @@ one Ray call, and returns the shard's typed reply (frozen values, or the one
 ``actors.messages.Rejected``). Nobody else computes shard names or calls
 ``.remote(`` on a shard handle.
 
-Carts, sessions and inventory move between shards live (``agora scale``): their
-calls go through ``_routed`` (inventory's many-line calls through
+Carts, sessions, inventory and orders move between shards live (``agora scale``):
+their calls go through ``_routed`` (inventory's many-line calls through
 ``InventoryClient._per_shard``), which follows a shard's ``Rejected("moved")`` to
 the newer ring and retries on the new owner; no caller ever sees that rejection.
 """
@@ -252,39 +252,44 @@ class SessionClient(_Client):
 
 
 class OrderClient(_Client):
-    """Checkout sagas and order reads and operations."""
+    """Checkout sagas and order reads and operations.
 
-    def _shard(self, order_id: str) -> Any:
-        return self.directory.get("order", order_id)
+    Orders move between shards live (``agora scale order=N``): every call goes through
+    ``_routed``. A caller waiting on a saga whose order is handed over meanwhile is
+    answered "moved" once the saga stopped at a step boundary on the old owner, and asks
+    the new owner, which resumes the saga from its persisted step and answers; each call
+    is safe to repeat (the order id is the checkout's idempotency key, operations are
+    idempotent once done).
+    """
 
     async def checkout(
         self, order_id: str, user_id: str, request_hash: str, request: dict[str, Any], cart_id: str
     ) -> OrderReply | Rejected:
         """Start (or join, or replay) the saga; answers within ``checkout_wait_s``."""
-        reply = await _call(
-            self._shard(order_id), "checkout", order_id, user_id, request_hash, request, cart_id
+        reply = await _routed(
+            self.directory, "order", order_id, "checkout", user_id, request_hash, request, cart_id
         )
         return cast(OrderReply | Rejected, reply)
 
     async def get(self, order_id: str) -> OrderReply | None:
-        return cast(OrderReply | None, await _call(self._shard(order_id), "get", order_id))
+        return cast(OrderReply | None, await _routed(self.directory, "order", order_id, "get"))
 
     async def cancel(self, order_id: str, user_id: str) -> OrderReply | Rejected:
-        reply = await _call(self._shard(order_id), "cancel", order_id, user_id)
+        reply = await _routed(self.directory, "order", order_id, "cancel", user_id)
         return cast(OrderReply | Rejected, reply)
 
     async def operate(
         self, order_id: str, action: str, note: str | None = None
     ) -> OrderReply | Rejected:
-        reply = await _call(self._shard(order_id), "operate", order_id, action, note)
+        reply = await _routed(self.directory, "order", order_id, "operate", action, note)
         return cast(OrderReply | Rejected, reply)
 
     async def pix_paid(self, order_id: str, amount: int) -> PixSettled | Rejected:
-        reply = await _call(self._shard(order_id), "pix_paid", order_id, amount)
+        reply = await _routed(self.directory, "order", order_id, "pix_paid", amount)
         return cast(PixSettled | Rejected, reply)
 
     async def erase_personal(self, order_id: str) -> None:
-        await _call(self._shard(order_id), "erase_personal", order_id)
+        await _routed(self.directory, "order", order_id, "erase_personal")
 
 
 class ShardOps(_Client):

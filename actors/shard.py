@@ -12,7 +12,9 @@ durable ring (``actors.directory.RingSpec``), loaded with its pool and pushed by
 ``adopt_ring``. A key the ring gives to another shard is answered
 ``Rejected("moved")`` (through ``call``/``traced``) once it has been flushed; a
 key it gains from another shard waits until the handoff has ended, so it is
-loaded from PostgreSQL only after its old owner wrote it.
+loaded from PostgreSQL only after its old owner wrote it. A kind with work of its
+own on its keys (the order shard's sagas) stops that work in ``_hand_over`` before
+the keys given away are flushed.
 """
 
 from __future__ import annotations
@@ -209,12 +211,16 @@ class ShardShell(ABC, Generic[S]):
         if key in self.states or not self.ring.gains(key):
             return
         try:
-            await asyncio.wait_for(self._settled.wait(), HANDOFF_WAIT_S)
+            await asyncio.wait_for(self._settled.wait(), self._handoff_wait_s())
         except TimeoutError:
             # A handoff that ended while this shard restarted: the store knows.
             await self._load_ring(await self._get_pool())
             if self.ring.spec.handing_off:
                 raise HandoffPending(f"{key}: the ring handoff has not ended") from None
+
+    def _handoff_wait_s(self) -> float:
+        """How long a gained key waits for the handoff to end (its old owner's flush)."""
+        return HANDOFF_WAIT_S
 
     def _acquire(self) -> Any:
         return self._pool.acquire()
@@ -315,6 +321,7 @@ class ShardShell(ABC, Generic[S]):
         if epoch < self.ring.spec.epoch:
             return {"name": self.name, "epoch": self.ring.spec.epoch, "stale": True}
         self._set_ring(spec)
+        await self._hand_over()
         leaving = [key for key in self.states if not self.ring.owns(key)]
         waits = [self.flusher.durable(key, self.states[key].version) for key in leaving]
         results = await asyncio.gather(*waits, return_exceptions=True)
@@ -335,6 +342,12 @@ class ShardShell(ABC, Generic[S]):
             "resident": len(self.states),
             "took_ms": self.clock() - started,
         }
+
+    async def _hand_over(self) -> None:
+        """Called by ``adopt_ring`` once the new ring is followed (the keys it gives away are
+        refused from then on) and before they are flushed: a kind that works on its keys in
+        the background (order sagas) stops that work here and returns once it has ended, its
+        last change marked. Nothing to stop for a cache of documents."""
 
     async def durable(self, key: str) -> None:
         """Wait until the current version of ``key`` has committed (group commit)."""

@@ -36,7 +36,7 @@ from cluster.settings import Settings, get_settings
 from streams import tracing
 
 # The kinds whose keys move between shards live; the others keep their settings' count.
-MOVABLE_KINDS = ("cart", "session", "inventory")
+MOVABLE_KINDS = ("cart", "session", "inventory", "order")
 
 
 def _store(kind: str) -> Store:
@@ -66,9 +66,9 @@ def shard_env(name: str, *, kind: str | None = None, settings: Settings | None =
                 pool.append(await create_pool(service_urls(settings).database, max_size=size))
         return pool[0]
 
+    # Every shard kind follows its durable ring (``agora scale``).
+    rings = PostgresRings() if kind in MOVABLE_KINDS else None
     if kind != "order":
-        # Carts, sessions and inventory follow the durable ring (``agora scale``).
-        rings = PostgresRings() if kind in MOVABLE_KINDS else None
         return ShardEnv(settings=settings, store=_store(kind), open_pool=open_pool, rings=rings)
     directory = shard_directory(settings)
     return ShardEnv(
@@ -77,6 +77,7 @@ def shard_env(name: str, *, kind: str | None = None, settings: Settings | None =
         open_pool=open_pool,
         directory=directory,
         ports=saga_ports(settings, open_pool, directory),
+        rings=rings,
     )
 
 

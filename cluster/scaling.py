@@ -17,10 +17,12 @@ A rescale of one kind, from N shards to M, while traffic flows:
    "moved" (a stopped shard would fail its call instead). The next restart drops them.
 
 An interrupted rescale (the CLI killed in step 2) leaves the ring handing off;
-running the same ``agora scale`` again resumes it. Carts, sessions and inventory
-move (an inventory SKU's reservations are part of its row, so they are handed over
-with it, expiry included); order shards are refused (``REFUSED``): see
-docs/DECISIONS.md.
+running the same ``agora scale`` again resumes it. Carts, sessions, inventory and
+orders move: an inventory SKU's reservations are part of its row, so they are handed
+over with it, expiry included; an order shard stops the saga of an order it gives
+away at a step boundary (the step under way finishes and commits) before it flushes
+it and answers step 2, and the new owner resumes the saga from that persisted step
+once the ring has settled, as after a restart. See docs/DECISIONS.md.
 """
 
 from __future__ import annotations
@@ -38,13 +40,8 @@ from cluster.adapters.rings import PostgresRings
 from cluster.bootstrap import MOVABLE_KINDS
 
 API = "api"
-REFUSED = {
-    "order": (
-        "order shards run checkout sagas in flight; they are not moved live yet. Change"
-        " AGORA_ORDER_SHARDS and restart (agora down; agora up): unfinished sagas resume from"
-        " their persisted step."
-    ),
-}
+# Kinds refused with a reason (none today: every shard kind moves live).
+REFUSED: dict[str, str] = {}
 MAX_SHARDS = 256
 MAX_API_REPLICAS = 64
 _TARGET = re.compile(r"([a-z]+)=(\d+)")

@@ -11,6 +11,20 @@ A (re)started shard resumes every unfinished saga it owns at once, from a task
 started in the constructor (Ray runs an async actor's constructor on its event
 loop), not on its first call. The order id is derived from the user and the
 ``Idempotency-Key``, so a retry reaches the same order and never charges twice.
+
+Orders move between shards live (``agora scale order=N``, ``actors.shard``). When
+the ring gives an order away, its saga stops at the next step boundary: a port call
+under way finishes and its step commits, a backoff pause is cut short, no step
+starts (``_hand_over``); only then is the order flushed and dropped and
+``adopt_ring`` answered, so the new owner, which loads it once the handoff has
+ended, never runs a step the old owner is still running. Callers waiting on the
+order (a checkout awaiting its outcome, cancel, operator actions, the Pix webhook)
+are answered "moved" and ``actors.clients.OrderClient`` asks the new owner, which
+resumes the saga from its persisted step (the restart path: ``_resume_unfinished``,
+also run once a handoff has ended) and answers them. Mutations check ownership with
+no await before they change the order (as every shard kind does), or, when they must
+await between reading and writing it (the Pix webhook's PSP call), hold the handoff
+until they are done (``_change``); the Pix expiry sweep skips orders being handed over.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -58,7 +73,7 @@ from actors.order.saga import (
     next_step,
     on_failure,
 )
-from actors.shard import EnvFactory, ShardEnv, ShardShell
+from actors.shard import EnvFactory, KeyMoved, ShardEnv, ShardShell
 from streams.events import Envelope
 
 log = logging.getLogger(__name__)
@@ -112,10 +127,15 @@ async def call_port(p: Ports, step: Step) -> object:
 class OrderShardImpl(ShardShell[Order]):
     """Owns many orders and runs their sagas; every step is persisted before the next."""
 
+    movable = True  # ``agora scale``: sagas stop at a step boundary and resume on the new owner
+
     def __init__(self, name: str, env: ShardEnv | EnvFactory) -> None:
         super().__init__(name, env)
         self.ports = self.env.ports
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ring_changed = asyncio.Event()  # set (and replaced) when a handoff begins
+        self._changing: dict[str, list[asyncio.Future[None]]] = {}  # see ``_change``
+        self.sagas_handed_over = 0  # sagas stopped at a step boundary for their new owner
         self._background: set[asyncio.Task[None]] = set()
         self._random = random.Random()
         self.deadline_ms = int(getattr(self.settings, "saga_step_deadline_s", 30) * 1000)
@@ -149,35 +169,101 @@ class OrderShardImpl(ShardShell[Order]):
         figures = await super().stats()
         if self.ports is not None:
             figures["fraud"] = self.ports.fraud.stats()
+        figures["sagas_handed_over"] = self.sagas_handed_over
         return figures
+
+    # --- live rescaling -------------------------------------------------------------
+
+    def _gives_away(self, order_id: str) -> bool:
+        """The ring this shard follows gives ``order_id`` to another shard."""
+        return self.ring is not None and not self.ring.owns(order_id)
+
+    def _moved(self, order_id: str) -> KeyMoved:
+        assert self.ring is not None
+        return KeyMoved(order_id, self.ring.owner(order_id), self.ring.spec)
+
+    def _handoff_wait_s(self) -> float:
+        # A gained order waits for its old owner's step under way (a port call, then a commit).
+        return max(super()._handoff_wait_s(), CALL_TIMEOUT_S + 10)
+
+    async def _hand_over(self) -> None:
+        """Stop the sagas of the orders the new ring gives away, at a step boundary: a step
+        under way finishes and commits, a backoff pause ends at once, no new step starts
+        (``_run`` checks before each); a change under way (``_change``) ends too. Returns
+        once they have all ended, so that ``adopt_ring`` flushes the last state of those
+        orders and the new owner resumes from it."""
+        woken, self._ring_changed = self._ring_changed, asyncio.Event()
+        woken.set()
+        leaving = [task for key, task in self._tasks.items() if self._gives_away(key)]
+        changes = [f for key, fs in self._changing.items() if self._gives_away(key) for f in fs]
+        self.sagas_handed_over += len(leaving)
+        if leaving or changes:
+            await asyncio.wait([*leaving, *changes])
+
+    @contextlib.contextmanager
+    def _change(self, order_id: str) -> Iterator[None]:
+        """A change of an order that awaits (a port call) between reading the order and
+        writing it: a handoff of the order waits until it has ended (its write marked)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changing.setdefault(order_id, []).append(done)
+        try:
+            yield
+        finally:
+            waiting = self._changing[order_id]
+            waiting.remove(done)
+            if not waiting:
+                del self._changing[order_id]
+            done.set_result(None)
+
+    async def adopt_ring(self, epoch: int, shards: int, previous: int | None) -> dict[str, Any]:
+        """The shell's handoff; once it has ended, the unfinished orders gained from other
+        shards resume here (their old owners stopped them at a step boundary)."""
+        report = await super().adopt_ring(epoch, shards, previous)
+        if previous is None and not report.get("stale"):
+            self._spawn(asyncio.get_running_loop(), self._resume_until_done())
+        return report
 
     # --- resume on (re)start ------------------------------------------------------
 
     async def _boot(self) -> None:
         """Open the pool, resume every unfinished saga this shard owns, expire Pix charges."""
+        await self._resume_until_done()
+        await self._expire_loop()
+
+    async def _resume_until_done(self) -> None:
         delay = 0.2
         while True:
             try:
                 await self._resume_unfinished()
-                break
+                return
             except Exception:
                 log.exception("could not resume unfinished orders; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        await self._expire_loop()
+
+    def _resumes(self, order_id: str) -> bool:
+        """Whether this shard owns ``order_id``: by its ring (a ring member), else by the
+        directory (a shard made apart owns everything)."""
+        if self.ring is not None:
+            return self.ring.owns(order_id)
+        directory = self.env.directory
+        return directory is None or directory.shard_for("order", order_id) == self.name
 
     async def _resume_unfinished(self) -> None:
-        pool = await self._get_pool()
+        pool = await self._get_pool()  # a ring member loads its ring with the pool
         async with pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT order_id FROM orders WHERE step NOT IN ('done', 'review')"
             )  # unfinished sagas and Pix orders waiting for payment
-        directory = self.env.directory
         for row in rows:
-            if directory is None or directory.shard_for("order", row["order_id"]) == self.name:
+            if not self._resumes(row["order_id"]):
+                continue
+            try:
                 order = await self.state(row["order_id"])
-                if not is_terminal(order):
-                    self._start(order.order_id)
+            except KeyMoved:
+                continue  # the ring changed meanwhile: its new owner resumes it
+            if not is_terminal(order):
+                self._start(order.order_id)
 
     async def _expire_loop(self) -> None:
         """Unpaid Pix orders expire: the saga compensates (void, release) and fails them."""
@@ -185,6 +271,8 @@ class OrderShardImpl(ShardShell[Order]):
             await asyncio.sleep(EXPIRY_SCAN_S)
             now = self.clock()
             for order in list(self.states.values()):
+                if self._gives_away(order.order_id) or self.states.get(order.order_id) is not order:
+                    continue  # being handed over (its new owner expires it), or dropped
                 pix = (order.payment or {}).get("pix") or {}
                 if order.step == "awaiting" and pix.get("expires_at", 0) * 1000 <= now:
                     with contextlib.suppress(Exception):
@@ -195,6 +283,8 @@ class OrderShardImpl(ShardShell[Order]):
     # --- the saga loop ------------------------------------------------------------
 
     def _start(self, order_id: str) -> asyncio.Task[None]:
+        if self._gives_away(order_id):
+            raise self._moved(order_id)  # never a saga on two shards: the new owner runs it
         task = self._tasks.get(order_id)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._run(order_id))
@@ -207,9 +297,14 @@ class OrderShardImpl(ShardShell[Order]):
             del self._tasks[order_id]
 
     async def _run(self, order_id: str) -> None:
-        order = await self.state(order_id)
+        try:
+            order = await self.state(order_id)
+        except KeyMoved:
+            return  # given away before it started: its new owner resumes it
         attempt, first_failure = 0, None
         while (step := next_step(order)) is not None:
+            if self._gives_away(order_id):
+                return  # a step boundary, the last step committed: the new owner goes on
             try:
                 result = await asyncio.wait_for(call_port(self.ports, step), CALL_TIMEOUT_S)
             except Exception as exc:
@@ -234,17 +329,32 @@ class OrderShardImpl(ShardShell[Order]):
                         decision.delay_s,
                     )
                     attempt += 1
-                    await asyncio.sleep(decision.delay_s)
+                    await self._pause(order_id, decision.delay_s)
                     continue
                 result = Unavailable(decision.detail)
             attempt, first_failure = 0, None
             await self._persist(order, apply(order, step, result, self.clock()))
 
+    async def _pause(self, order_id: str, delay_s: float) -> None:
+        """Back off ``delay_s`` before a step is tried again; cut short when a handoff gives
+        the order away (nothing is under way: the saga stops there)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay_s
+        while not self._gives_away(order_id) and (left := until - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ring_changed.wait(), left)
+
     async def _settle(self, order_id: str, wait_s: float) -> None:
-        """Run the saga (or join it) and wait for it at most ``wait_s``."""
+        """Run the saga (or join it) and wait for it at most ``wait_s``.
+
+        Raises ``KeyMoved`` when a handoff gave the order away meanwhile (its saga stopped
+        at a step boundary): the caller asks the new owner, which resumes it and answers.
+        """
         task = self._start(order_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), wait_s)
+        if self._gives_away(order_id):
+            raise self._moved(order_id)
 
     # --- protocol -----------------------------------------------------------------
 
@@ -284,12 +394,15 @@ class OrderShardImpl(ShardShell[Order]):
             return Rejected("not-found", "No such order.")
         if order.step != "awaiting":
             return PixSettled("already-settled", order.status)
-        if not await self.ports.payments.pix_paid(order_id, amount):
-            return Rejected("amount-mismatch", "The paid amount does not match the charge.")
-        if order.step == "awaiting":  # re-checked: the expiry may have won while we awaited
-            await self._persist(
-                order, apply(order, AwaitPix(order_id), PixPaid(amount), self.clock())
-            )
+        # The PSP records the payment once (a repeat answers False): the order records it
+        # here too, even if a handoff began meanwhile (it waits for this; "moved" after).
+        with self._change(order_id):
+            if not await self.ports.payments.pix_paid(order_id, amount):
+                return Rejected("amount-mismatch", "The paid amount does not match the charge.")
+            if order.step == "awaiting":  # re-checked: the expiry may have won while we awaited
+                await self._persist(
+                    order, apply(order, AwaitPix(order_id), PixPaid(amount), self.clock())
+                )
         await self._settle(order_id, self.wait_s)
         return PixSettled("paid", order.status)
 

@@ -1,13 +1,16 @@
-"""``agora scale cart=N`` / ``inventory=N`` on the running system under traffic.
+"""``agora scale cart=N`` / ``inventory=N order=M`` on the running system under traffic.
 
 Carts: several concurrent HTTP clients add items to many anonymous carts through
 the API while the real command rescales the cart shards up, then back down. Every
 acknowledged add must be in its cart afterwards, read through the API and in
-PostgreSQL. Inventory: shoppers check out multi-line orders through the API (the
-order shards' saga reserves, commits or releases on the inventory shards) while
-the inventory shards are rescaled up and back down; the units of confirmed orders
-must be exactly those gone from stock, with nothing oversold or left reserved. In
-both, at most 0.1% of the requests may fail. The figures go to docs/PERFORMANCE.md.
+PostgreSQL. Inventory and orders: shoppers check out multi-line orders through the
+API (the order shards' saga reserves, commits or releases on the inventory shards)
+while the inventory and the order shards are rescaled up and back down, in the same
+commands (one traffic window for both kinds: sagas in flight move with their orders
+while their SKUs move); the units of confirmed orders must be exactly those gone
+from stock, with nothing oversold or left reserved, each confirmed order paid once
+for its total and no other order paid. In both, at most 0.1% of the requests may
+fail. The figures go to docs/PERFORMANCE.md.
 """
 
 import asyncio
@@ -23,8 +26,10 @@ from collections import Counter
 import httpx
 import pytest
 
-from actors.directory import ring_of
+from actors.clients import ShardOps
+from actors.directory import ring_of, shard_name
 from actors.order.model import order_id_for
+from cluster.bootstrap import shard_directory
 from cluster.services import cart_token_secret
 from serve.carttoken import CartTokens
 from tests.conftest import eventually
@@ -189,6 +194,54 @@ async def restore_inventory_ring(db, system):
         yield before
 
 
+PIX_BODY = {**checkout_body(), "payment": {"method": "pix"}}
+
+
+async def pix_order_that_moves(
+    http: httpx.AsyncClient, shopper: dict[str, str], sku: str, new_shard: str, vnodes: int
+) -> dict:
+    """A Pix checkout (left awaiting payment: an unfinished saga, unless fraud screening
+    holds it for review) whose order id is owned by ``new_shard`` in the new ring (the one
+    shard a scale-up by one adds: it moves there, and back on the way down); the
+    Idempotency-Key picks the order id."""
+    new = ring_of("order", int(new_shard.rsplit(":", 1)[1]) + 1, vnodes)
+    idem = next(
+        k
+        for k in (uuid.uuid4().hex for _ in range(10_000))
+        if new.node_for(order_id_for(shopper["user_id"], k)) == new_shard
+    )
+    headers = {"Authorization": shopper["Authorization"]}
+    added = await http.post("/v1/cart/items", headers=headers, json={"sku": sku, "quantity": 1})
+    assert added.status_code == 200, added.text
+    reply = await http.post(
+        "/v1/checkout", headers={**headers, "Idempotency-Key": idem}, json=PIX_BODY
+    )
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["status"] in ("awaiting_payment", "pending_review"), reply.text
+    return reply.json()
+
+
+async def sagas_handed_over(system, shards: int) -> int:
+    """Sagas the order shards stopped at a step boundary for a new owner, since they started
+    (the shards beyond the current ring are created here if missing, as a rescale does)."""
+    ops = ShardOps(shard_directory(system))
+    figures = [await ops.stats(shard_name("order", i)) for i in range(shards)]
+    return sum(int(f.get("sagas_handed_over", 0)) for f in figures)
+
+
+async def pay_pix(services, order: dict) -> None:
+    """The sandbox PSP marks the charge paid and sends its signed webhook to the API."""
+    async with httpx.AsyncClient(timeout=60) as psp:
+        paid = await psp.post(f"{services.pix}/v1/charges/{order['pix']['txid']}/pay")
+    assert paid.status_code == 200, paid.text
+
+
+@pytest.fixture
+async def restore_order_ring(db, system):
+    async for before in restored_ring(db, "order", system.order_shards):
+        yield before
+
+
 async def products_that_move(db, system, before: int, more: int) -> dict[str, int]:
     """Fresh products, half of them changing inventory shard between ``before`` and ``more``
     shards; a third of each half scarce (checkouts run out of them), the others plenty."""
@@ -239,14 +292,20 @@ async def register(http: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def test_inventory_rescales_live_under_checkouts_without_overselling(
-    system, base_url, db, restore_inventory_ring
+    system, services, base_url, db, restore_inventory_ring, restore_order_ring
 ):
-    """``agora scale inventory=N+2`` then back to N while shoppers check out orders of 2-4
-    lines over SKUs that change shard (some scarce, so some orders run out of stock). Every
-    order ends confirmed or failed; the units of the confirmed ones are exactly those gone
-    from stock; nothing is oversold or left reserved; at most 0.1% of requests fail."""
+    """``agora scale inventory=N+2 order=M+1`` then back to N and M while shoppers check out
+    orders of 2-4 lines over SKUs that change shard (some scarce, so some orders run out of
+    stock); the orders' sagas move between order shards meanwhile. Every order ends
+    confirmed or failed; the units of the confirmed ones are exactly those gone from stock;
+    nothing is oversold or left reserved; each confirmed order is paid once, for its total,
+    and no failed one is paid; at most 0.1% of requests fail. Two Pix orders wait for their
+    payment (unfinished sagas) on orders that move up and back down: one is paid between
+    the commands, the other after both; their new owners finish them."""
     before = restore_inventory_ring
     more = before + 2
+    orders_before = restore_order_ring
+    orders_more = orders_before + 1
     stock = await products_that_move(db, system, before, more)
     skus = list(stock)
     failures: list[str] = []
@@ -258,6 +317,23 @@ async def test_inventory_rescales_live_under_checkouts_without_overselling(
 
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         shoppers = [await register(http) for _ in range(SHOPPERS)]
+        stopped_before = await sagas_handed_over(system, orders_more)
+        plenty = next(sku for sku, units in stock.items() if units == 300)
+        new_shard = shard_name("order", orders_before)
+        pix: list[dict] = []
+        for _ in range(8):  # two waiting for their payment (fraud screening holds some)
+            shopper = await register(http)
+            order = await pix_order_that_moves(
+                http, shopper, plenty, new_shard, system.virtual_nodes
+            )
+            if order["status"] == "pending_review":
+                placed[order["id"]] = "pending_review"
+                continue
+            placed[order["id"]] = "sent"  # answered awaiting_payment; paid below
+            pix.append(order)
+            if len(pix) == 2:
+                break
+        assert len(pix) == 2, placed
 
         async def call(method: str, url: str, headers: dict[str, str], **kw) -> httpx.Response:
             requests[0] += 1
@@ -328,12 +404,18 @@ async def test_inventory_rescales_live_under_checkouts_without_overselling(
         load = asyncio.ensure_future(dispatcher())
         await asyncio.sleep(4)
         phase[0] = "scaling"
-        up_out, up_s = await asyncio.to_thread(agora_scale, f"inventory={more}")
+        up_out, up_s = await asyncio.to_thread(
+            agora_scale, f"inventory={more}", f"order={orders_more}"
+        )
         phase[0] = "between"
+        await pay_pix(services, pix[0])  # its saga resumed on the new shard: it finishes it
         await asyncio.sleep(3)
         phase[0] = "scaling"
-        down_out, down_s = await asyncio.to_thread(agora_scale, f"inventory={before}")
+        down_out, down_s = await asyncio.to_thread(
+            agora_scale, f"inventory={before}", f"order={orders_before}"
+        )
         phase[0] = "between"
+        await pay_pix(services, pix[1])  # moved there and back, still waiting for its payment
         await asyncio.sleep(2)
         stop.set()
         await load
@@ -378,28 +460,56 @@ async def test_inventory_rescales_live_under_checkouts_without_overselling(
     for r in found:
         assert r["on_hand"] >= 0 and r["data"].get("reservations", {}) == {}, dict(r)
 
+    # A confirmed order is paid for its total (payments are keyed by order id: once at most);
+    # a failed one never.
+    payments = {
+        p["key"]: p
+        for p in await db.fetch(
+            "SELECT key, status, amount FROM payments WHERE key = ANY($1::text[])", list(placed)
+        )
+    }
+    for row in rows:
+        paid = payments.get(row["order_id"])
+        if row["status"] == "confirmed":
+            assert paid is not None and paid["status"] == "succeeded", dict(row)
+            assert paid["amount"] == row["data"]["totals"]["total"], (dict(paid), dict(row))
+        elif row["status"] == "failed":
+            assert paid is None or paid["status"] != "succeeded", (dict(paid), dict(row))
+
     rate_failed = len(failures) / max(1, requests[0])
     p95 = {
         name: sorted(values)[int(len(values) * 0.95)] * 1000 if values else 0.0
         for name, values in latencies.items()
     }
     handoffs = re.findall(r"handed off in (\d+) ms", up_out + down_out)
+    stopped = await sagas_handed_over(system, orders_more) - stopped_before
     print(
-        f"\nlive scale inventory {before}->{more}->{before}: {len(placed)} checkouts"
+        f"\nlive scale inventory {before}->{more}->{before}"
+        f" and order {orders_before}->{orders_more}->{orders_before}: {len(placed)} checkouts"
         f" ({dict(statuses)}; failed: {dict(why)}), {sum(sold.values())} units sold,"
         f" {requests[0]} requests,"
         f" {len(failures)} failed ({rate_failed:.4%}); checkout p95 ms before/while scaling/"
         f"between {p95['before']:.0f}/{p95['scaling']:.0f}/{p95['between']:.0f}"
         f" (checkouts {', '.join(str(len(v)) for v in latencies.values())});"
-        f" commands {up_s:.1f}s/{down_s:.1f}s, handoffs {handoffs} ms\n{up_out}{down_out}"
+        f" commands {up_s:.1f}s/{down_s:.1f}s, handoffs {handoffs} ms,"
+        f" sagas handed over mid-way {stopped}\n{up_out}{down_out}"
     )
     assert len(placed) >= 40 and latencies["scaling"], placed
     assert rate_failed <= MAX_ERROR_RATE, failures[:5]
     assert statuses["confirmed"] > 0 and sum(sold.values()) > 0
     assert set(why) <= {"out-of-stock"}, why  # never a saga step given up while SKUs moved
-    assert f"{before} -> {more} shards" in up_out and f"{more} -> {before} shards" in down_out
-    # Checkouts touched moving SKUs before the first handoff and between the two.
-    moved = re.findall(r"(\d+) resident keys handed off", up_out + down_out)
-    assert len(moved) == 2 and all(int(n) > 0 for n in moved), up_out + down_out
-    assert await db.fetchval("SELECT previous FROM shard_rings WHERE kind = 'inventory'") is None
-    assert await stored_shards(db, "inventory") == before
+    waited = {order["id"] for order in pix}  # unfinished sagas moved, resumed, then paid
+    assert all(r["status"] == "confirmed" for r in rows if r["order_id"] in waited), rows
+    assert f"inventory: {before} -> {more} shards" in up_out
+    assert f"inventory: {more} -> {before} shards" in down_out
+    assert f"order: {orders_before} -> {orders_more} shards" in up_out
+    assert f"order: {orders_more} -> {orders_before} shards" in down_out
+    # Checkouts touched moving SKUs before the first handoff and between the two; the
+    # waiting Pix orders (resident: loaded where they wait) moved up and back down.
+    moved = dict(re.findall(r"(\w+): \d+ -> \d+ shards.*?(\d+) resident keys", up_out))
+    back = dict(re.findall(r"(\w+): \d+ -> \d+ shards.*?(\d+) resident keys", down_out))
+    assert set(moved) == set(back) == {"inventory", "order"}, up_out + down_out
+    assert all(int(n) > 0 for n in (*moved.values(), *back.values())), up_out + down_out
+    for kind, count in (("inventory", before), ("order", orders_before)):
+        assert await db.fetchval("SELECT previous FROM shard_rings WHERE kind = $1", kind) is None
+        assert await stored_shards(db, kind) == count

@@ -178,12 +178,12 @@ def test_a_directory_follows_only_newer_rings():
 def test_scale_targets_parse_and_refuse_clearly():
     assert parse_targets(["cart=8", "session=3", "api=2"]) == {"cart": 8, "session": 3, "api": 2}
     assert parse_targets(["inventory=6"]) == {"inventory": 6}  # moved live too
+    assert parse_targets(["order=3"]) == {"order": 3}  # and orders, sagas and all
     for words, needle in [
         ([], "nothing to scale"),
         (["cart"], "kind=count"),
         (["cart=0"], "between 1 and"),
         (["cart=2", "cart=3"], "twice"),
-        (["order=3"], "sagas in flight"),
         (["users=3"], "not a kind"),
         (["api=100"], "between 1 and"),
     ]:
@@ -342,8 +342,8 @@ async def test_an_interrupted_rescale_resumes_and_a_different_target_is_refused(
     assert handoff.epoch == 1 and world.rings.specs["cart"] == RingSpec("cart", 1, 3)
     again = await rescale("cart", 3, **args)
     assert "already 3 shards" in again.describe()
-    with pytest.raises(ScaleError, match="sagas in flight"):
-        await rescale("order", 3, **args)
+    with pytest.raises(ScaleError, match="not a shard kind"):
+        await rescale("users", 3, **args)
 
 
 async def test_traced_calls_are_refused_as_moved_too_and_unnamed_shells_own_everything():
