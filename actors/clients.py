@@ -15,6 +15,7 @@ the newer ring and retries on the new owner; no caller ever sees that rejection.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 from actors.cart.model import CartView, CartViewLine
@@ -37,9 +38,11 @@ def _call(handle: Any, method: str, *args: Any) -> Any:
     return handle.traced.remote(carrier, method, *args)
 
 
-# A "moved" answer is followed this many times; a shard still on the older ring (the
-# rescale has not reached it yet) is retried after a short, growing pause.
-MOVED_RETRIES = 8
+# "Moved" answers are followed for up to MOVED_BUDGET_S (as long as a gained key waits
+# for its handoff on the new owner): a newer ring named in the answer is tried at once;
+# a shard still on the older ring (the rescale has not reached it yet; under load its
+# ``adopt_ring`` can queue for a while) is retried after a short, growing pause.
+MOVED_BUDGET_S = 5.0
 MOVED_PAUSE_S = 0.02
 MOVED_PAUSE_MAX_S = 0.5
 
@@ -48,10 +51,28 @@ class ShardMoved(RuntimeError):
     """A key kept being refused as moved: the rescale did not finish in time."""
 
 
+class _Following:
+    """One caller's budget for following "moved" answers (time, not a count of tries)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.deadline = time.monotonic() + MOVED_BUDGET_S
+        self.pauses = 0
+
+    async def pause(self) -> None:
+        """Wait before asking again; ``ShardMoved`` once the budget is spent."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ShardMoved(f"{self.what}: still moving after {MOVED_BUDGET_S:.0f} s")
+        await asyncio.sleep(min(MOVED_PAUSE_S * 2**self.pauses, MOVED_PAUSE_MAX_S, left))
+        self.pauses += 1
+
+
 async def _routed(directory: Any, kind: str, key: str, method: str, *args: Any) -> Any:
     """``method(key, *args)`` on the shard owning ``key``, following "moved" answers."""
     carrier = trace_carrier()
-    for attempt in range(MOVED_RETRIES):
+    following = _Following(f"{kind} {key}")
+    while True:
         handle = directory.get(kind, key)
         if carrier is None:
             reply = await handle.call.remote(method, key, *args)
@@ -60,8 +81,7 @@ async def _routed(directory: Any, kind: str, key: str, method: str, *args: Any) 
         if not (isinstance(reply, Rejected) and reply.code == MOVED):
             return reply
         if reply.ring is None or not directory.adopt(kind, *reply.ring):
-            await asyncio.sleep(min(MOVED_PAUSE_S * 2**attempt, MOVED_PAUSE_MAX_S))
-    raise ShardMoved(f"{kind} {key}: still moving after {MOVED_RETRIES} tries")
+            await following.pause()
 
 
 class _Client:
@@ -144,7 +164,8 @@ class InventoryClient(_Client):
         head = () if order_id is None else (order_id,)
         replies: list[Any] = []
         pending = lines
-        for attempt in range(MOVED_RETRIES):
+        following = _Following("inventory")
+        while True:
             epoch = self.directory.epoch("inventory")
             groups = self._by_shard(pending)
             calls = []
@@ -165,9 +186,8 @@ class InventoryClient(_Client):
             if not pending:
                 return replies
             if self.directory.epoch("inventory") == epoch:
-                await asyncio.sleep(min(MOVED_PAUSE_S * 2**attempt, MOVED_PAUSE_MAX_S))
-        skus = ", ".join(sorted({line.sku for line in pending}))
-        raise ShardMoved(f"inventory {skus}: still moving after {MOVED_RETRIES} tries")
+                following.what = "inventory " + ", ".join(sorted({line.sku for line in pending}))
+                await following.pause()
 
     async def get(self, sku: str) -> StockView | Rejected:
         return cast(StockView | Rejected, await _routed(self.directory, "inventory", sku, "get"))

@@ -1,9 +1,14 @@
 """Typed clients over a fake directory: which shard each call reaches, what comes back."""
 
+import time
 from typing import Any
 
+import pytest
+
+from actors import clients
 from actors.cart.model import user_cart_id
-from actors.clients import ShardOps
+from actors.clients import CartClient, ShardOps
+from actors.messages import MOVED, Rejected
 
 
 class _Method:
@@ -57,3 +62,51 @@ def test_a_signed_in_shoppers_cart_id_is_the_stored_form():
     # Carts are persisted under this id: changing the rule orphans every saved cart.
     assert user_cart_id("u-42") == "user:u-42"
     assert user_cart_id("u-42") != user_cart_id("u-43")
+
+
+class _BehindShard:
+    """A shard still on the older ring for ``behind_s``: it answers "moved", naming a ring
+    the caller already has, until its ``adopt_ring`` has run (late under load)."""
+
+    def __init__(self, behind_s: float) -> None:
+        self.until = time.monotonic() + behind_s
+        self.asked = 0
+        self.call = self
+
+    def remote(self, method: str, key: str, *args: Any) -> Any:
+        return self._answer(method, key)
+
+    async def _answer(self, method: str, key: str) -> Any:
+        self.asked += 1
+        if time.monotonic() < self.until:
+            return Rejected(MOVED, f"{key} is on another shard", ring=(1, 2))
+        return f"{method} {key}"
+
+
+class _RingDirectory:
+    def __init__(self, shard: _BehindShard) -> None:
+        self.shard = shard
+
+    def get(self, kind: str, key: str) -> _BehindShard:
+        return self.shard
+
+    def adopt(self, kind: str, epoch: int, shards: int) -> bool:
+        return False  # the caller already follows (1, 2)
+
+
+async def test_a_shard_behind_the_ring_for_seconds_is_waited_for_not_failed():
+    # 2 s behind: more than eight growing pauses (1.6 s), within the 5 s budget.
+    shard = _BehindShard(2.0)
+    started = time.monotonic()
+    assert await CartClient(_RingDirectory(shard)).get("c-1") == "view c-1"
+    assert 2.0 <= time.monotonic() - started < clients.MOVED_BUDGET_S
+    assert shard.asked < 20  # paused between asks, not spinning
+
+
+async def test_a_key_still_moving_after_the_budget_is_unavailable(monkeypatch):
+    monkeypatch.setattr(clients, "MOVED_BUDGET_S", 0.3)
+    shard = _BehindShard(60.0)
+    started = time.monotonic()
+    with pytest.raises(clients.ShardMoved, match="cart c-1: still moving"):
+        await CartClient(_RingDirectory(shard)).get("c-1")
+    assert time.monotonic() - started < 1.0
