@@ -269,16 +269,24 @@ class ShardShell(ABC, Generic[S]):
             del self._loading[key]
 
     def _evict(self) -> None:
+        """Drop the least recently used keys over ``shard_max_keys``: never a dirty one (not
+        written yet) nor a pinned one (work under way on it), so the map may stay over."""
         excess = len(self.states) - self.settings.shard_max_keys
         if excess <= 0:
             return
         for key in list(self.states):
             if excess <= 0:
                 break
-            if not self.flusher.tracker.is_dirty(key):
+            if not self.flusher.tracker.is_dirty(key) and not self._pinned(key):
                 del self.states[key]
                 self.evictions += 1
                 excess -= 1
+
+    def _pinned(self, key: str) -> bool:
+        """Whether ``key`` must stay resident though clean: a kind with work of its own on a
+        key (a running order saga) keeps it, since that work changes the resident state and
+        the flusher writes only resident keys. Nothing is pinned in a cache of documents."""
+        return False
 
     def changed(self, key: str, state: S, events: list[Envelope]) -> None:
         # Inside a sampled trace the events carry it to the consumers (else unchanged).

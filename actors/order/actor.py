@@ -178,6 +178,15 @@ class OrderShardImpl(ShardShell[Order]):
         """The ring this shard follows gives ``order_id`` to another shard."""
         return self.ring is not None and not self.ring.owns(order_id)
 
+    def _pinned(self, order_id: str) -> bool:
+        """Never evicted while its saga runs (the task holds the order and writes each step
+        through the map), a change awaits a port (``_change``), or it awaits a Pix payment
+        (the expiry sweep walks the resident orders): else its next writes would be lost."""
+        if order_id in self._tasks or order_id in self._changing:
+            return True
+        order = self.states.get(order_id)
+        return order is not None and order.step == "awaiting"
+
     def _moved(self, order_id: str) -> KeyMoved:
         assert self.ring is not None
         return KeyMoved(order_id, self.ring.owner(order_id), self.ring.spec)
@@ -394,8 +403,10 @@ class OrderShardImpl(ShardShell[Order]):
             return Rejected("not-found", "No such order.")
         if order.step != "awaiting":
             return PixSettled("already-settled", order.status)
-        # The PSP records the payment once (a repeat answers False): the order records it
-        # here too, even if a handoff began meanwhile (it waits for this; "moved" after).
+        # The gateway records the payment once; the order records it here too, even if a
+        # handoff began meanwhile (it waits for this; "moved" after). A shard killed between
+        # the two leaves the gateway's row paid and the order awaiting: the retried webhook is
+        # answered True again (paid with this amount before), so the order records it then.
         with self._change(order_id):
             if not await self.ports.payments.pix_paid(order_id, amount):
                 return Rejected("amount-mismatch", "The paid amount does not match the charge.")

@@ -107,7 +107,11 @@ class Payments(Protocol):
 
     async def open_pix(self, key: str, amount: int) -> PixCharge: ...
 
-    async def pix_paid(self, key: str, amount: int) -> bool: ...
+    async def pix_paid(self, key: str, amount: int) -> bool:
+        """Record the Pix payment of ``amount`` for ``key``. Idempotent: True when the charge
+        is paid with ``amount``, recorded by this call or an earlier one (the shard may have
+        died before storing that answer); False for another amount or no pending charge."""
+        ...
 
     async def refund(
         self, key: str, method: str, payment_id: str | None, amount: int

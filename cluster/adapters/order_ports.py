@@ -594,7 +594,10 @@ class PaymentsAdapter:
         return PixCharge(pix["txid"], pix["br_code"], int(pix["expires_at"]), int(pix["amount"]))
 
     async def pix_paid(self, key: str, amount: int) -> bool:
-        return await (await self.pix()).mark_paid(key, amount)
+        outcome = await (await self.pix()).mark_paid(key, amount)
+        if outcome == "already-recorded":  # a retried webhook: the first answer never landed
+            log.info("pix payment %s was already recorded (%d): a retry", key, amount)
+        return outcome != "refused"
 
     async def refund(self, key: str, method: str, payment_id: str | None, amount: int) -> Refund:
         if method == "pix" or payment_id is None:

@@ -8,7 +8,11 @@ with the charge it already has, so a repeat returns the first BR Code and
 expiry. The row stays ``pending`` until the PSP's signed webhook is checked
 by the caller and ``mark_paid`` records ``succeeded``, or ``mark_expired``
 records it ``declined`` (decline code ``expired``). Both only move a pending
-row, so a late or replayed webhook changes nothing.
+row, so a late or replayed webhook changes nothing. ``mark_paid`` answers a
+repeat of the payment it recorded (same amount) ``already-recorded``, apart
+from ``refused`` (another amount, no such charge, expired): a caller that died
+between the first answer and storing it (an order shard killed by Ray) records
+the payment when the webhook is retried, instead of reading a wrong amount.
 
 Contract violations (a key reused with another amount or by another
 provider, a bad webhook URL) raise ``ValueError``; an unreachable or failing
@@ -21,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,6 +39,10 @@ PROVIDER = "pix"
 CURRENCY = "BRL"
 _CHARGE_LOCK = 0x4A60_0007
 _MAX_KEY = 200
+
+# What ``mark_paid`` answers: this call recorded the payment; an earlier call recorded the
+# same amount (a retried webhook); or nothing recorded (another amount, or not pending).
+PixPaidOutcome = Literal["recorded", "already-recorded", "refused"]
 
 
 class PixUnavailable(RuntimeError):
@@ -127,8 +135,10 @@ class PixGateway:
             "amount": charge["amount"],
         }
 
-    async def mark_paid(self, key: str, amount: int) -> bool:
-        """Record a verified ``pix.paid`` for ``key``; False unless pending and of ``amount``."""
+    async def mark_paid(self, key: str, amount: int) -> PixPaidOutcome:
+        """Record a verified ``pix.paid`` for ``key``: ``recorded`` when this call moved the
+        pending charge of ``amount`` to ``succeeded``, ``already-recorded`` when it was
+        ``succeeded`` with ``amount`` before (a retry: nothing changes), else ``refused``."""
         done = await self._pool.fetchval(
             "UPDATE payments SET status = 'succeeded', updated_at = now()"
             " WHERE key = $1 AND provider = $2 AND status = 'pending' AND amount = $3"
@@ -137,7 +147,18 @@ class PixGateway:
             PROVIDER,
             amount,
         )
-        return done is not None
+        if done is not None:
+            return "recorded"
+        # A statement of its own (a fresh snapshot): a concurrent call that recorded it has
+        # committed by now (the UPDATE above waited for its row lock).
+        row = await self._pool.fetchrow(
+            "SELECT status, amount FROM payments WHERE key = $1 AND provider = $2",
+            key,
+            PROVIDER,
+        )
+        if row is not None and (row["status"], row["amount"]) == ("succeeded", amount):
+            return "already-recorded"
+        return "refused"
 
     async def mark_expired(self, key: str) -> bool:
         """Record that the charge for ``key`` expired unpaid; False unless it was pending."""

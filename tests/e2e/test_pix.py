@@ -86,6 +86,41 @@ async def test_bad_webhooks_change_nothing(http, db):
     assert await stock(db, sku) == (5, 1)
 
 
+async def test_a_retried_webhook_confirms_an_order_whose_payment_the_gateway_recorded(http, db):
+    """What an order shard killed between the gateway's ``mark_paid`` and storing the payment
+    leaves: the ``payments`` row paid, the order awaiting. The PSP's retried webhook confirms
+    the order (before, the gateway's repeat read as a wrong amount: 422, then it expired)."""
+    shopper = new_shopper(http)
+    sku = await new_product(db, 5)
+    http.post("/v1/cart/items", json={"sku": sku}, headers=auth(shopper))
+    order = http.post("/v1/checkout", json=PIX, headers={**auth(shopper), **key()}).json()
+    assert order["status"] == "awaiting_payment"
+    txid, total = order["pix"]["txid"], order["totals"]["total"]["amount"]
+    recorded = await db.execute(
+        "UPDATE payments SET status = 'succeeded' WHERE provider = 'pix' AND provider_id = $1"
+        " AND status = 'pending'",
+        txid,
+    )
+    assert recorded == "UPDATE 1"
+
+    def webhook(amount):
+        body = json.dumps({"type": "pix.paid", "txid": txid, "amount": amount}).encode()
+        signature = sign(pix_webhook_secret(), body, int(time.time()))
+        return http.post(
+            "/v1/payments/webhooks/pix", content=body, headers={"Agora-Signature": signature}
+        )
+
+    assert_problem(webhook(total - 1), 422)  # another amount is still refused
+    reply = webhook(total)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"received": True, "order_status": "confirmed"}
+    got = http.get(f"/v1/orders/{order['id']}", headers=auth(shopper)).json()
+    assert got["status"] == "confirmed"
+    assert await stock(db, sku) == (4, 0)
+    rows = await db.fetch("SELECT status FROM payments WHERE provider_id = $1", txid)
+    assert [r["status"] for r in rows] == ["succeeded"]
+
+
 async def test_unpaid_pix_orders_expire_and_release_stock(system, base_url, db):
     from actors.order.actor import OrderShard
     from actors.order.model import order_id_for

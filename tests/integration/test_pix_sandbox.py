@@ -156,9 +156,12 @@ async def test_paying_sends_a_signed_webhook(gateway, db, psp, receiver):
     assert (event["txid"], event["amount"]) == (txid, 12345)
     assert abs(event["paid_at"] - time.time()) < 60
 
-    assert not await gateway.mark_paid(key, 99)
-    assert await gateway.mark_paid(key, event["amount"])
-    assert not await gateway.mark_paid(key, event["amount"])
+    assert await gateway.mark_paid(key, 99) == "refused"
+    assert await gateway.mark_paid(key, event["amount"]) == "recorded"
+    # A retry (the order shard died before storing the first answer): told apart from a
+    # wrong amount, changing nothing.
+    assert await gateway.mark_paid(key, event["amount"]) == "already-recorded"
+    assert await gateway.mark_paid(key, 99) == "refused"
     assert not await gateway.mark_expired(key)
     assert (await payment_rows(db, key))[0]["status"] == "succeeded"
 
@@ -195,7 +198,7 @@ async def test_expired_charge_cannot_be_paid(gateway, db, psp, receiver):
     assert await gateway.mark_expired(key)
     row = (await payment_rows(db, key))[0]
     assert (row["status"], row["decline_code"]) == ("declined", "expired")
-    assert not await gateway.mark_paid(key, 500)
+    assert await gateway.mark_paid(key, 500) == "refused"
 
 
 async def test_unknown_charge_is_404(psp):

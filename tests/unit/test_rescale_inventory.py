@@ -3,13 +3,12 @@ commands that straddle the old and new owners, TTLs after the reload, and checko
 traffic (reserve, then commit or release) while ``cluster.scaling.rescale`` moves the SKUs.
 
 As in ``test_rescale``: in-process inventory shells on one in-memory store, a real
-``Directory`` handing out in-process handles, the real ``InventoryClient``.
+``Directory`` handing out in-process handles (``rescale_support``), the real ``InventoryClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -17,30 +16,20 @@ from typing import Any
 import pytest
 
 from actors.clients import InventoryClient, ShardOps
-from actors.directory import Directory, HashRing, RingSpec, shard_name
+from actors.directory import HashRing, RingSpec, shard_name
 from actors.inventory.actor import InventoryShardImpl
 from actors.inventory.model import Done, Held, LineHold, Short, StockItem, StockView
 from actors.messages import MOVED, Rejected, now_ms
-from actors.shard import ShardEnv
-from cluster.scaling import rescale
-from tests.unit.test_rescale import MemoryRings, SlowStore, _Handle
+from tests.unit.rescale_support import LocalDirectory, ShardWorld, shard_settings, split_by_move
+from tests.unit.test_rescale import SlowStore
 from tests.unit.test_shell_in_memory import MemoryPool
 
 KIND = "inventory"
 
 
 def settings(shards: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        flush_batch_size=100,
-        flush_interval_ms=5,
-        shard_max_keys=10_000,
-        inventory_shards=shards,
-        virtual_nodes=16,
-        events_tenant="agora",
-        events_namespace="events",
-        reservation_ttl_s=60,
-        sweep_interval_ms=10,
-        low_stock_threshold=0,
+    return shard_settings(
+        KIND, shards, reservation_ttl_s=60, sweep_interval_ms=10, low_stock_threshold=0
     )
 
 
@@ -58,64 +47,20 @@ class GatedStore(SlowStore):
         return await super().load(conn, key)
 
 
-class LocalDirectory(Directory):
-    def __init__(self, shards: int, world: World) -> None:
-        super().__init__({KIND: (InventoryShardImpl, shards)}, namespace="test", vnodes=16)
-        self.world = world
-
-    def handle(self, name: str) -> Any:
-        return _Handle(self.world.shell(name))
-
-
-class World:
+class World(ShardWorld):
     """Inventory shells by name on one store; ``now`` is their clock (real time unless set)."""
 
+    kind = KIND
+    impl = InventoryShardImpl
+
     def __init__(self, shards: int, stock: dict[str, int]) -> None:
-        self.store, self.pool, self.rings = GatedStore(), MemoryPool(), MemoryRings()
-        self.settings = settings(shards)
-        self.shells: dict[str, InventoryShardImpl] = {}
+        self.setup(settings(shards), GatedStore(), MemoryPool())
         self.now: list[int] | None = None
         for sku, units in stock.items():
             self.store.rows[sku] = (StockItem(sku, on_hand=units).to_doc(), 1)
 
     def clock(self) -> int:
         return now_ms() if self.now is None else self.now[0]
-
-    def env(self) -> ShardEnv:
-        async def open_pool() -> MemoryPool:
-            return self.pool
-
-        return ShardEnv(
-            settings=self.settings,
-            store=self.store,
-            open_pool=open_pool,
-            rings=self.rings,
-            clock=self.clock,
-        )
-
-    def shell(self, name: str) -> InventoryShardImpl:
-        if name not in self.shells:
-            self.shells[name] = InventoryShardImpl(name, self.env())
-        return self.shells[name]
-
-    def directory(self) -> LocalDirectory:
-        directory = LocalDirectory(self.settings.inventory_shards, self)
-        for spec in self.rings.specs.values():
-            directory.adopt(spec.kind, spec.epoch, spec.shards)
-        return directory
-
-    async def rescale(self, target: int) -> Any:
-        return await rescale(
-            KIND,
-            target,
-            rings=self.rings,
-            connect=lambda: contextlib.nullcontext(None),
-            ops=ShardOps(self.directory()),
-            default_shards=self.settings.inventory_shards,
-        )
-
-    def row(self, sku: str) -> dict[str, Any]:
-        return self.store.rows[sku][0]
 
     async def stop(self) -> None:
         for shell in self.shells.values():
@@ -127,12 +72,10 @@ class World:
 def skus_by_move(before: int, after: int, count: int) -> tuple[list[str], list[str]]:
     """``count`` SKUs that change owner from ``before`` to ``after`` shards, and ``count`` that
     stay (each list spread over the old shards as the hash puts them)."""
-    old = HashRing([shard_name(KIND, i) for i in range(before)], 16)
-    new = HashRing([shard_name(KIND, i) for i in range(after)], 16)
-    skus = [f"SKU-{i:04d}" for i in range(count * 40)]
-    moving = [s for s in skus if old.node_for(s) != new.node_for(s)][:count]
-    staying = [s for s in skus if old.node_for(s) == new.node_for(s)][:count]
-    return moving, staying
+    moving, staying = split_by_move(
+        KIND, before, after, (f"SKU-{i:04d}" for i in range(count * 40))
+    )
+    return moving[:count], staying[:count]
 
 
 def reserved(world: World, sku: str) -> dict[str, Any]:

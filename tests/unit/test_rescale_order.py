@@ -4,8 +4,8 @@ the new owner resumes it from that step and answers the caller that was waiting,
 checkouts run while ``cluster.scaling.rescale`` moves the orders 2 -> 3 -> 1.
 
 As in ``test_rescale`` and ``test_rescale_inventory``: in-process order shells on one
-in-memory store, a real ``Directory`` handing out in-process handles, the real
-``OrderClient``; the saga's ports are the in-memory fakes of ``test_saga`` (one outside
+in-memory store, a real ``Directory`` handing out in-process handles (``rescale_support``),
+the real ``OrderClient``; the saga's ports are the in-memory fakes of ``test_saga`` (one outside
 world for every shell: its calls count every charge, hold and commit), here with small
 delays and gates so that steps are under way when a handoff begins. On the code before
 order shards moved, every test here fails (``adopt_ring`` refused order shards and
@@ -16,24 +16,21 @@ merely marked movable (the handoff then drops an order whose step is under way).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import actors.order.actor as order_actor
 from actors.clients import OrderClient, ShardOps
-from actors.directory import Directory, HashRing, RingSpec, shard_name
+from actors.directory import RingSpec, shard_name
 from actors.messages import MOVED, Rejected, now_ms
 from actors.order.actor import OrderShardImpl
 from actors.order.model import CartLine, Charge, OrderReply, PixSettled
-from actors.shard import ShardEnv
-from cluster.scaling import rescale
+from tests.unit.rescale_support import LocalDirectory, ShardWorld, shard_settings, split_by_move
 from tests.unit.test_order_shell import CARD, PIX, OrderPool
-from tests.unit.test_rescale import MemoryRings, SlowStore, _Handle
+from tests.unit.test_rescale import SlowStore
 from tests.unit.test_saga import Clock, Fakes
 
 KIND = "order"
@@ -62,28 +59,20 @@ def owner_of(call: str, args: tuple[Any, ...]) -> str:
     return str(first)
 
 
-class World(Fakes):
+class World(Fakes, ShardWorld):
     """The outside world of every order shell (carts, stock, pricing, fraud, PSP), with the
     shells by name on one store. Every port call takes a little time; ``gates`` hold a call
     for one order (after its effect) until released; ``overlaps`` counts any port call made
     for an order while another one for the same order was under way (two sagas at once)."""
 
+    kind = KIND
+    impl = OrderShardImpl
+
     def __init__(self, shards: int) -> None:
-        super().__init__(LiveClock())
-        self.store, self.rings = SlowStore(), MemoryRings()
-        self.pool = OrderPool(self.store)
-        self.settings = SimpleNamespace(
-            flush_batch_size=100,
-            flush_interval_ms=5,
-            shard_max_keys=10_000,
-            order_shards=shards,
-            virtual_nodes=16,
-            events_tenant="agora",
-            events_namespace="events",
-            saga_step_deadline_s=30,
-            checkout_wait_s=5.0,
-        )
-        self.shells: dict[str, OrderShardImpl] = {}
+        super().__init__(LiveClock())  # the fakes; their ``clock`` and ``ports()`` serve the shells
+        store = SlowStore()
+        settings = shard_settings(KIND, shards, saga_step_deadline_s=30, checkout_wait_s=5.0)
+        self.setup(settings, store, OrderPool(store))
         self.gates: dict[tuple[str, str], asyncio.Event] = {}
         self.entered: dict[tuple[str, str], asyncio.Event] = {}
         self.down: set[tuple[str, str]] = set()  # (call, order): raises until removed
@@ -111,9 +100,9 @@ class World(Fakes):
             if (call, oid) in self.down:
                 self.calls[f"{call}-failed", oid] += 1
                 raise ConnectionError(f"{call} unreachable")
-            if call == "pix_paid":  # as the gateway: recorded once, a repeat answers False
-                result = oid not in self.pix_recorded
+            if call == "pix_paid":  # as the gateway: recorded once, a repeat of it is True too
                 self.pix_recorded.add(oid)
+                result = True
             else:
                 result = await getattr(Fakes, call)(self, *args)
             entered = self.entered.get((call, oid))
@@ -158,43 +147,6 @@ class World(Fakes):
 
     # --- the shells -------------------------------------------------------------------
 
-    def env(self) -> ShardEnv:
-        async def open_pool() -> OrderPool:
-            return self.pool
-
-        return ShardEnv(
-            settings=self.settings,
-            store=self.store,
-            open_pool=open_pool,
-            clock=self.clock,
-            ports=self.ports(),
-            rings=self.rings,
-        )
-
-    def shell(self, name: str) -> OrderShardImpl:
-        if name not in self.shells:
-            self.shells[name] = OrderShardImpl(name, self.env())
-        return self.shells[name]
-
-    def directory(self) -> LocalDirectory:
-        directory = LocalDirectory(self.settings.order_shards, self)
-        for spec in self.rings.specs.values():
-            directory.adopt(spec.kind, spec.epoch, spec.shards)
-        return directory
-
-    async def rescale(self, target: int) -> Any:
-        return await rescale(
-            KIND,
-            target,
-            rings=self.rings,
-            connect=lambda: contextlib.nullcontext(None),
-            ops=ShardOps(self.directory()),
-            default_shards=self.settings.order_shards,
-        )
-
-    def row(self, oid: str) -> dict[str, Any]:
-        return self.store.rows[oid][0]
-
     def units_sold(self) -> int:
         return 20_000 - sum(self.on_hand.values())
 
@@ -209,20 +161,9 @@ class World(Fakes):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class LocalDirectory(Directory):
-    def __init__(self, shards: int, world: World) -> None:
-        super().__init__({KIND: (OrderShardImpl, shards)}, namespace="test", vnodes=16)
-        self.world = world
-
-    def handle(self, name: str) -> Any:
-        return _Handle(self.world.shell(name))
-
-
 def orders_moving(before: int, after: int, count: int, prefix: str = "o") -> list[str]:
-    old = HashRing([shard_name(KIND, i) for i in range(before)], 16)
-    new = HashRing([shard_name(KIND, i) for i in range(after)], 16)
-    keys = [f"{prefix}{i}" for i in range(count * 40)]
-    return [k for k in keys if old.node_for(k) != new.node_for(k)][:count]
+    moving, _ = split_by_move(KIND, before, after, (f"{prefix}{i}" for i in range(count * 40)))
+    return moving[:count]
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> None:
@@ -415,9 +356,9 @@ async def test_pix_orders_move_the_old_owner_never_expires_them_and_the_new_one_
 
 async def test_a_pix_payment_recorded_while_its_order_moves_is_not_lost(worlds):
     """The webhook's PSP call is under way when the order's handoff begins: the old owner
-    records the payment before it answers the handoff (the gateway records a payment once:
-    asked again, it answers False, which would read as a wrong amount); the webhook is
-    answered by the new owner, which finishes the saga."""
+    records the payment before it answers the handoff (the PSP is asked once; asked again,
+    the gateway would answer "already recorded", see ``test_order_crash_safety``); the
+    webhook is answered by the new owner, which finishes the saga."""
     world = worlds(2)
     (oid,) = orders_moving(2, 3, 1, "x")
     stale = OrderClient(world.directory())

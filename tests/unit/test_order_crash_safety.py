@@ -1,0 +1,229 @@
+"""The order shard survives being killed mid-webhook and LRU eviction mid-saga (Ray forbidden).
+
+As in ``test_order_shell``: order shells over one in-memory store and pool, the saga's
+in-memory fakes (``test_saga``), a fake clock. A kill is a shell whose tasks are cancelled
+where they stand and which is never drained (Ray killed the process: only the store and
+the outside world remain); its restart is a fresh shell over the same store and world.
+
+The Pix webhook goes through the real ``PaymentsAdapter`` and ``PixGateway.mark_paid``
+over a pool that holds the ``payments`` rows in memory, so the gateway's answer to a
+repeated payment is the one the shard reads in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import actors.order.actor as order_actor
+from actors.messages import Rejected
+from actors.order.actor import OrderShardImpl
+from actors.order.model import OrderReply, PixCharge, PixSettled
+from cluster.adapters.order_ports import PaymentsAdapter
+from tests.unit.test_order_shell import CARD, PIX, Harness
+from tests.unit.test_saga import Clock, Fakes, setup
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def kill(h: Harness, shell: OrderShardImpl, *calls: asyncio.Task[Any]) -> None:
+    """Ray kills the shard: every task of it stops where it stands, nothing is flushed."""
+    tasks = [*calls, *shell._background, *shell._tasks.values()]
+    if shell.flusher._task is not None:
+        tasks.append(shell.flusher._task)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    h.shells.remove(shell)  # never drained
+
+
+class PaymentRows:
+    """The Pix ``payments`` rows behind an asyncpg-shaped pool: the two statements of
+    ``PixGateway.mark_paid`` (the conditional UPDATE, then the row's status and amount)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.recorded = 0  # rows moved to ``succeeded``
+
+    async def fetchval(self, sql: str, key: str, provider: str, amount: int) -> int | None:
+        assert sql.startswith("UPDATE payments SET status = 'succeeded'"), sql
+        row = self.rows.get(key)
+        if row is None or (row["provider"], row["status"], row["amount"]) != (
+            provider,
+            "pending",
+            amount,
+        ):
+            return None
+        row["status"] = "succeeded"
+        self.recorded += 1
+        return 1
+
+    async def fetchrow(self, sql: str, key: str, provider: str) -> dict[str, Any] | None:
+        assert sql.startswith("SELECT status, amount FROM payments WHERE key = $1"), sql
+        row = self.rows.get(key)
+        return None if row is None or row["provider"] != provider else dict(row)
+
+
+class PixWorld(Fakes):
+    """The fakes of ``test_saga``, with the Pix webhook recorded by the real adapter and
+    gateway; ``die_after_gateway`` hangs the call once the gateway has answered (the shard
+    is killed there, before the order records the payment)."""
+
+    def __init__(self) -> None:
+        super().__init__(Clock())
+        base = setup()
+        self.on_hand, self.carts = base.on_hand, base.carts
+        self.payments = PaymentRows()
+        self.die_after_gateway = False
+
+        async def open_pool() -> PaymentRows:
+            return self.payments
+
+        self.adapter = PaymentsAdapter(
+            open_pool,
+            self.clock,
+            stripe_api_base="http://127.0.0.1:9",
+            stripe_api_key="unused",
+            pix_api_base="http://127.0.0.1:9",
+            pix_expiry_s=900,
+            webhook_url="http://127.0.0.1:9/v1/payments/webhooks/pix",
+        )
+
+    async def open_pix(self, key: str, amount: int) -> PixCharge:
+        charge = await super().open_pix(key, amount)
+        self.payments.rows.setdefault(
+            key, {"provider": "pix", "status": "pending", "amount": amount}
+        )
+        return charge
+
+    async def pix_paid(self, key: str, amount: int) -> bool:
+        self.calls["pix_paid", key] += 1
+        paid = await self.adapter.pix_paid(key, amount)
+        if self.die_after_gateway:
+            await asyncio.Event().wait()  # killed here: the answer never reaches the order
+        return paid
+
+
+@pytest.fixture
+async def harnesses() -> Any:
+    made: list[Harness] = []
+
+    def make(fakes: Fakes | None = None, max_keys: int = 1000) -> Harness:
+        made.append(Harness(fakes or setup()))
+        made[-1].settings.shard_max_keys = max_keys
+        return made[-1]
+
+    yield make
+    for h in made:
+        await h.close()
+
+
+# --- the Pix webhook across a kill ------------------------------------------------------------
+
+
+async def test_a_shard_killed_between_the_gateway_and_the_order_confirms_on_the_retry(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway records the payment, then the shard dies before the order does. The PSP
+    retries the webhook on the restarted shard: the gateway answers "already recorded, same
+    amount" (before, False: read as a wrong amount, the order then expired, money kept), so
+    the order records it and is confirmed, paid once; another amount is still refused."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = PixWorld()
+    h = harnesses(world)
+    first = h.shell()
+    reply = await first.checkout("o1", "u1", "h", PIX, "user:u1")
+    assert isinstance(reply, OrderReply) and reply.order["status"] == "awaiting_payment"
+    total = reply.order["totals"]["total"]
+
+    world.die_after_gateway = True
+    webhook = asyncio.create_task(first.pix_paid("o1", total))
+    await until(lambda: world.payments.rows["o1"]["status"] == "succeeded")
+    await kill(h, first, webhook)
+    assert h.store.rows["o1"][0]["step"] == "awaiting"  # the money is in, the order unaware
+
+    world.die_after_gateway = False
+    second = h.shell()  # Ray restarts it: the same store, the same gateway
+    wrong = await second.pix_paid("o1", total - 1)
+    assert isinstance(wrong, Rejected) and wrong.code == "amount-mismatch"
+    assert await second.pix_paid("o1", total) == PixSettled("paid", "confirmed")
+    assert await second.pix_paid("o1", total) == PixSettled("already-settled", "confirmed")
+
+    world.clock.now += 901_000  # past the charge's expiry: the paid order never expires
+    await asyncio.sleep(0.1)
+    doc = h.store.rows["o1"][0]
+    assert (doc["status"], doc["step"]) == ("confirmed", "done")
+    assert world.payments.rows["o1"] == {"provider": "pix", "status": "succeeded", "amount": total}
+    assert world.payments.recorded == 1 and world.calls["void", "o1"] == 0
+    assert world.calls["commit"] == 1 and world.holds == {}
+    assert world.on_hand == {"A1": 3, "B1": 4}  # sold once
+
+
+# --- LRU eviction while the shard works on an order ---------------------------------------------
+
+
+async def test_an_order_whose_saga_is_between_steps_is_never_evicted(harnesses: Any) -> None:
+    """One resident key at most: while the charge is under way (the order clean, its last
+    step committed) other keys load and the LRU map overflows. The order stays (before, it
+    was evicted and every later step was written for no resident state: the store kept
+    ``reserved``); once its saga has ended it is evictable again."""
+    world = setup()
+    h = harnesses(world, max_keys=1)
+    entered, release = asyncio.Event(), asyncio.Event()
+    charge = world.charge
+
+    async def slow_charge(*args: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await charge(*args)
+
+    world.charge = slow_charge  # type: ignore[method-assign]
+    shell = h.shell()
+    checkout = asyncio.create_task(shell.checkout("o1", "u1", "h", CARD, "user:u1"))
+    await asyncio.wait_for(entered.wait(), 2)
+    assert not shell.flusher.tracker.is_dirty("o1")  # nothing keeps it but its saga
+    for key in ("x1", "x2", "x3"):
+        assert await shell.get(key) is None
+    assert "o1" in shell.states and shell.evictions == 3
+
+    release.set()
+    reply = await asyncio.wait_for(checkout, 5)
+    assert isinstance(reply, OrderReply) and reply.order["status"] == "confirmed"
+    doc = h.store.rows["o1"][0]
+    assert (doc["status"], doc["step"]) == ("confirmed", "done")
+    assert world.calls["charge", "o1"] == 1 and world.on_hand == {"A1": 3, "B1": 4}
+
+    await until(lambda: "o1" not in shell._tasks)
+    await shell.get("x4")
+    assert "o1" not in shell.states  # finished: an ordinary key again
+    assert (await shell.get("o1")).order["status"] == "confirmed"  # type: ignore[union-attr]
+
+
+async def test_an_order_awaiting_its_pix_payment_stays_resident_and_expires(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry sweep walks the resident orders: an awaiting Pix order pushed out of the
+    LRU map would hold its stock until the shard restarted. It stays, and expires."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    h = harnesses(max_keys=1)
+    shell = h.shell()
+    reply = await shell.checkout("o1", "u1", "h", PIX, "user:u1")
+    assert isinstance(reply, OrderReply) and reply.order["status"] == "awaiting_payment"
+    await until(lambda: "o1" not in shell._tasks)
+    for key in ("x1", "x2", "x3"):
+        await shell.get(key)
+    assert "o1" in shell.states
+
+    h.fakes.clock.now += 901_000
+    await until(lambda: h.store.rows["o1"][0]["status"] == "failed")
+    assert h.store.rows["o1"][0]["failure"]["code"] == "payment-expired"
+    assert h.fakes.calls["void", "o1"] == 1 and h.fakes.holds == {}
