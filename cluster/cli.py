@@ -35,7 +35,7 @@ from cluster.adapters import object_store, signing_keys
 from cluster.adapters.rings import PostgresRings
 from cluster.adapters.smtp import SmtpSender
 from cluster.adapters.webhook_delivery import HttpPoster
-from cluster.bootstrap import current_directory, shard_directory
+from cluster.bootstrap import current_directory, place_shard, shard_directory
 from cluster.crypto import secretbox
 from cluster.search_reindex import reindex
 from cluster.seed import seed_catalog
@@ -381,10 +381,18 @@ def status(settings: Settings) -> int:
     return 0
 
 
-def scale(settings: Settings, words: list[str], timeout_s: float = 120.0) -> int:
-    """``agora scale cart=8 session=6 api=2``: shard counts and API replicas, live."""
+def scale(
+    settings: Settings, words: list[str], timeout_s: float = 120.0, node: str | None = None
+) -> int:
+    """``agora scale cart=8 session=6 api=2 [--node ID]``: shard counts and API replicas,
+    live; with ``node``, the shards the rescale adds are created on that Ray node."""
     try:
         targets = scaling.parse_targets(words)
+        if node is not None and set(targets) == {scaling.API}:
+            raise scaling.ScaleError(
+                "--node places the shards a rescale adds; api= alone adds none"
+                " (give a shard kind, e.g. cart=8)"
+            )
     except scaling.ScaleError as exc:
         _say(f"agora scale: {exc}")
         return 2
@@ -392,6 +400,16 @@ def scale(settings: Settings, words: list[str], timeout_s: float = 120.0) -> int
         _say("agora scale: Agora is not running (agora up)")
         return 1
     connect_ray(settings)
+    place: scaling.Place | None = None
+    if node is not None:
+        import ray
+
+        try:
+            scaling.check_node(node, ray.nodes())
+        except scaling.ScaleError as exc:
+            _say(f"agora scale: {exc}")
+            return 2
+        place = shard_placer(settings, node)
     kinds = {kind: n for kind, n in targets.items() if kind != scaling.API}
 
     async def shards() -> None:
@@ -407,6 +425,7 @@ def scale(settings: Settings, words: list[str], timeout_s: float = 120.0) -> int
                         connect=lambda: contextlib.nullcontext(conn),
                         ops=ops,
                         default_shards=int(getattr(settings, f"{kind}_shards")),
+                        place=place,
                     ),
                     timeout_s,
                 )
@@ -426,6 +445,40 @@ def scale(settings: Settings, words: list[str], timeout_s: float = 120.0) -> int
     if scaling.API in targets:
         scale_api(targets[scaling.API])
     return 0
+
+
+def shard_placer(settings: Settings, node_id: str) -> scaling.Place:
+    """``agora scale --node``: the hook that creates each shard a rescale adds on Ray node
+    ``node_id`` (soft affinity, ``bootstrap.place_shard``: it restarts on any live node once
+    that one is gone), in parallel, before the handoff. A shard that already exists (left
+    idle by an earlier scale-down) is never moved: it is reused where it runs."""
+    import ray
+
+    def node_of(name: str) -> str | None:
+        try:
+            handle: Any = ray.get_actor(name, namespace=settings.ray_namespace)
+        except ValueError:
+            return None
+        return str(ray.get(handle.stats.remote(), timeout=60)["node_id"])
+
+    def create(name: str) -> str:
+        where = node_of(name)
+        if where is not None:
+            note = "" if where == node_id else f", not on {node_id}: existing shards are not moved"
+            return f"{name}: exists already on node {where}{note}"
+        try:
+            place_shard(settings, name, node_id)
+        except RuntimeError as exc:
+            kind = name.split(":")[1]
+            raise scaling.ScaleError(f"{exc}; {kind} was not rescaled") from None
+        return f"{name}: created on node {node_id}"
+
+    async def place(names: list[str]) -> None:
+        # In parallel (a new actor takes seconds); reported in order once all are placed.
+        for line in await asyncio.gather(*(asyncio.to_thread(create, name) for name in names)):
+            _say(line)
+
+    return place
 
 
 def scale_api(replicas: int) -> None:
@@ -581,6 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         "scale", help="change shard counts and API replicas live (cart=8 session=6 api=2)"
     )
     scale_parser.add_argument("targets", nargs="+", metavar="kind=count")
+    scale_parser.add_argument(
+        "--node",
+        metavar="NODE_ID",
+        help="create the shards this rescale adds on this live Ray node (soft affinity: they"
+        " restart on any live node if it dies) before keys move to them; shards that already"
+        ' run are never moved (ids: agora status, "nodes")',
+    )
     sub.add_parser("migrate", help="apply pending database migrations")
     admin = sub.add_parser("admin", help="operator accounts").add_subparsers(
         dest="admin_command", required=True
@@ -647,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         return status(settings)
     elif args.command == "scale":
-        return scale(settings, args.targets)
+        return scale(settings, args.targets, node=args.node)
     elif args.command == "migrate":
         migrate(settings)
     elif args.command == "admin":

@@ -3,7 +3,9 @@
 A rescale of one kind, from N shards to M, while traffic flows:
 
 0. The shards of the new ring are created and answer first (a new actor takes
-   seconds to start: not while keys wait for the handoff).
+   seconds to start: not while keys wait for the handoff). The shards the rescale
+   *adds* are first handed to the caller's ``place`` hook, if any (``agora scale
+   --node``: created on a given Ray node); shards that already run are never moved.
 1. ``begin``: the ring (epoch E+1, M shards, handing off from N) is stored in
    PostgreSQL with a conditional write (two concurrent rescales cannot both win).
 2. Every shard of both rings adopts it (``adopt_ring``), in parallel: a shard
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +77,19 @@ def parse_targets(words: list[str]) -> dict[str, int]:
     return targets
 
 
+def check_node(node_id: str, nodes: Iterable[Mapping[str, Any]]) -> str:
+    """``node_id`` if it is a live node of ``nodes`` (``ray.nodes()``); refuses otherwise,
+    naming the live ones (``agora scale --node``)."""
+    listed = list(nodes)
+    alive = [str(n.get("NodeID")) for n in listed if n.get("Alive")]
+    if node_id in alive:
+        return node_id
+    known = "; ".join(alive) or "none"
+    if any(n.get("NodeID") == node_id for n in listed):
+        raise ScaleError(f"--node {node_id}: that Ray node is dead (live nodes: {known})")
+    raise ScaleError(f"--node {node_id!r}: no such Ray node (live nodes: {known})")
+
+
 @dataclass(frozen=True)
 class Handoff:
     """What one kind's rescale did and how long its handoff took."""
@@ -106,6 +121,9 @@ class Handoff:
 
 
 Connect = Callable[[], AbstractAsyncContextManager[Any]]
+# Creates the named shards (which the rescale adds) where the operator wants them, before
+# anything else touches them; a shard that already exists is left where it runs.
+Place = Callable[[list[str]], Awaitable[Any]]
 
 
 async def current_ring(
@@ -125,22 +143,33 @@ async def rescale(
     ops: ShardOps,
     default_shards: int,
     clock: Callable[[], float] = time.monotonic,
+    place: Place | None = None,
 ) -> Handoff:
-    """Move ``kind`` to ``target`` shards live (the steps in the module docstring)."""
+    """Move ``kind`` to ``target`` shards live (the steps in the module docstring).
+
+    ``place`` (optional) is called once, in step 0 before the ring is stored, with the
+    names of the shards the rescale adds (none on a scale-down or when already there).
+    """
     if kind not in MOVABLE_KINDS:
         raise ScaleError(f"{kind}: {REFUSED.get(kind, 'not a shard kind')}")
     current = await current_ring(kind, rings, connect, default_shards)
     if not current.handing_off and current.shards == target:
         return Handoff(kind, current.epoch, target, target, 0, 0.0, 0.0, 0)
+    if current.handing_off and current.shards != target:
+        raise ScaleError(
+            f"{kind}: an interrupted rescale {current.previous} -> {current.shards} is"
+            f" still handing off; finish it first: agora scale {kind}={current.shards}"
+        )
     warming = clock()
+    # The shards this rescale adds: beyond the ring it starts from (when resuming, the
+    # ring the interrupted rescale started from; ``place`` then finds them created).
+    start_from = current.previous if current.previous is not None else current.shards
+    added = [shard_name(kind, i) for i in range(start_from, target)]
+    if place is not None and added:
+        await place(added)
     await ops.ping_shards([shard_name(kind, i) for i in range(max(target, current.shards))])
     started = clock()
     if current.handing_off:
-        if current.shards != target:
-            raise ScaleError(
-                f"{kind}: an interrupted rescale {current.previous} -> {current.shards} is"
-                f" still handing off; finish it first: agora scale {kind}={current.shards}"
-            )
         spec = current  # resume it
     else:
         spec = RingSpec(kind, current.epoch + 1, target, current.shards)

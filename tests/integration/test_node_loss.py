@@ -245,6 +245,8 @@ async def test_shards_on_a_lost_node_restart_on_the_survivor_and_lose_nothing(
         else:
             assert stats["pid"] == before[name]["pid"], f"{name} (on the head) restarted"
     assert not _alive(node2.node_id)
+    # `agora scale --node` refuses a lost node before it changes anything (exit 2).
+    assert cli.scale(system, ["cart=64"], node=node2.node_id) == 2
 
     # Every cart version acknowledged as durable is in PostgreSQL (or a newer one).
     for shopper in shoppers:
