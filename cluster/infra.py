@@ -655,6 +655,9 @@ def start_ray(settings: Settings, service_env: dict[str, str]) -> None:
         stdout=open(settings.log_dir / "ray-start.log", "ab"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        # Its daemons in a session of their own, like every other service: a signal to
+        # the caller's process group (Ctrl-C, a closed terminal) must not stop Ray.
+        start_new_session=True,
     )
     _record(settings, "ray", [p.pid for p in _ray_processes(settings)])
 
