@@ -43,7 +43,6 @@ from actors.messages import Rejected
 from actors.order.model import (
     Order,
     OrderReply,
-    PixExpired,
     PixPaid,
     PixSettled,
     Unavailable,
@@ -284,10 +283,26 @@ class OrderShardImpl(ShardShell[Order]):
                     continue  # being handed over (its new owner expires it), or dropped
                 pix = (order.payment or {}).get("pix") or {}
                 if order.step == "awaiting" and pix.get("expires_at", 0) * 1000 <= now:
-                    with contextlib.suppress(Exception):
-                        step = AwaitPix(order.order_id)
-                        await self._persist(order, apply(order, step, PixExpired(), now))
-                        self._start(order.order_id)
+                    with contextlib.suppress(Exception):  # the next sweep asks again
+                        await self._expire(order)
+
+    async def _expire(self, order: Order) -> None:
+        """An awaiting Pix order past its expiry asks the gateway, which settles the charge
+        atomically against a racing webhook, and follows the winner: paid with the order's
+        amount (its shard killed after the gateway recorded it, no webhook retry since), the
+        order records the payment as the webhook would (``PixPaid``: charged, committed,
+        confirmed); else it expires (``PixExpired``: void, release). Held like the webhook
+        (``_change``): a handoff waits for it."""
+        order_id = order.order_id
+        with self._change(order_id):
+            result = await asyncio.wait_for(
+                self.ports.payments.expire_pix(order_id, int(order.totals["total"])),
+                CALL_TIMEOUT_S,
+            )
+            if order.step != "awaiting":
+                return  # the webhook recorded it meanwhile (the gateway answered it paid too)
+            await self._persist(order, apply(order, AwaitPix(order_id), result, self.clock()))
+        self._start(order_id)
 
     # --- the saga loop ------------------------------------------------------------
 
@@ -409,6 +424,8 @@ class OrderShardImpl(ShardShell[Order]):
         # answered True again (paid with this amount before), so the order records it then.
         with self._change(order_id):
             if not await self.ports.payments.pix_paid(order_id, amount):
+                if order.step != "awaiting":  # the expiry won the gateway's row meanwhile
+                    return PixSettled("already-settled", order.status)
                 return Rejected("amount-mismatch", "The paid amount does not match the charge.")
             if order.step == "awaiting":  # re-checked: the expiry may have won while we awaited
                 await self._persist(

@@ -24,6 +24,8 @@ from actors.order.model import (
     Charge,
     OutOfStock,
     PixCharge,
+    PixExpired,
+    PixPaid,
     Priced,
     Refund,
     StockHeld,
@@ -111,6 +113,14 @@ class Payments(Protocol):
         """Record the Pix payment of ``amount`` for ``key``. Idempotent: True when the charge
         is paid with ``amount``, recorded by this call or an earlier one (the shard may have
         died before storing that answer); False for another amount or no pending charge."""
+        ...
+
+    async def expire_pix(self, key: str, amount: int) -> PixPaid | PixExpired:
+        """The Pix charge for ``key`` is past its expiry: ``PixPaid`` when it was paid with
+        ``amount`` (recorded, but the order never learned it: the shard was killed after the
+        gateway answered and no retry of the webhook reached a live shard), else
+        ``PixExpired`` once it can no longer be paid (a pending charge is expired
+        atomically against a racing webhook)."""
         ...
 
     async def refund(

@@ -40,6 +40,8 @@ from actors.order.model import (
     Charge,
     OutOfStock,
     PixCharge,
+    PixExpired,
+    PixPaid,
     Priced,
     PricedLine,
     Refund,
@@ -598,6 +600,17 @@ class PaymentsAdapter:
         if outcome == "already-recorded":  # a retried webhook: the first answer never landed
             log.info("pix payment %s was already recorded (%d): a retry", key, amount)
         return outcome != "refused"
+
+    async def expire_pix(self, key: str, amount: int) -> PixPaid | PixExpired:
+        outcome = await (await self.pix()).expire(key, amount)
+        if outcome == "paid":  # the webhook never reached a live shard: paid all the same
+            log.warning(
+                "pix payment %s (%d) found at its expiry: the order records it", key, amount
+            )
+            return PixPaid(amount)
+        if outcome == "refused":  # e.g. another amount recorded: the order expires, as before
+            log.error("pix charge %s is neither pending nor paid with %d: expiring", key, amount)
+        return PixExpired()
 
     async def refund(self, key: str, method: str, payment_id: str | None, amount: int) -> Refund:
         if method == "pix" or payment_id is None:

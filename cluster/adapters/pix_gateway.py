@@ -8,11 +8,16 @@ with the charge it already has, so a repeat returns the first BR Code and
 expiry. The row stays ``pending`` until the PSP's signed webhook is checked
 by the caller and ``mark_paid`` records ``succeeded``, or ``mark_expired``
 records it ``declined`` (decline code ``expired``). Both only move a pending
-row, so a late or replayed webhook changes nothing. ``mark_paid`` answers a
-repeat of the payment it recorded (same amount) ``already-recorded``, apart
-from ``refused`` (another amount, no such charge, expired): a caller that died
-between the first answer and storing it (an order shard killed by Ray) records
-the payment when the webhook is retried, instead of reading a wrong amount.
+row (a conditional ``UPDATE``: of a webhook racing the expiry, one wins and the
+other finds the row settled), so a late or replayed webhook changes nothing.
+``expire`` is what the order's expiry asks: it expires a pending charge, or
+answers ``paid`` when the payment was recorded but its order never learned it
+(its shard killed after the gateway answered, and no retry of the webhook reached a
+live shard). ``mark_paid`` answers a repeat of the payment it recorded (same
+amount) ``already-recorded``, apart from ``refused`` (another amount, no such
+charge, expired): a caller that died between the first answer and storing it
+(an order shard killed by Ray) records the payment when the webhook is retried,
+instead of reading a wrong amount.
 
 Contract violations (a key reused with another amount or by another
 provider, a bad webhook URL) raise ``ValueError``; an unreachable or failing
@@ -43,6 +48,10 @@ _MAX_KEY = 200
 # What ``mark_paid`` answers: this call recorded the payment; an earlier call recorded the
 # same amount (a retried webhook); or nothing recorded (another amount, or not pending).
 PixPaidOutcome = Literal["recorded", "already-recorded", "refused"]
+# What ``expire`` answers: the charge is expired (by this call or an earlier one); it is
+# paid with the order's amount (the order must record the payment, not expire); or neither
+# (another amount recorded, or no such charge).
+PixExpiryOutcome = Literal["expired", "paid", "refused"]
 
 
 class PixUnavailable(RuntimeError):
@@ -170,6 +179,28 @@ class PixGateway:
             PROVIDER,
         )
         return done is not None
+
+    async def expire(self, key: str, amount: int) -> PixExpiryOutcome:
+        """Settle the charge for ``key`` at its order's expiry, atomically against
+        ``mark_paid`` (both move only a pending row): ``expired`` when it was pending (this
+        call declined it) or declined as expired before (a repeat after a kill); ``paid``
+        when it is ``succeeded`` with ``amount`` (the order records the payment instead of
+        expiring); else ``refused``."""
+        if await self.mark_expired(key):
+            return "expired"
+        # A fresh snapshot: a ``mark_paid`` that won the row lock has committed by now.
+        row = await self._pool.fetchrow(
+            "SELECT status, amount, decline_code FROM payments WHERE key = $1 AND provider = $2",
+            key,
+            PROVIDER,
+        )
+        if row is None:
+            return "refused"
+        if (row["status"], row["amount"]) == ("succeeded", amount):
+            return "paid"
+        if (row["status"], row["decline_code"]) == ("declined", "expired"):
+            return "expired"
+        return "refused"
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self._http is None:

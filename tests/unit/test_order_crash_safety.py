@@ -21,7 +21,7 @@ import pytest
 import actors.order.actor as order_actor
 from actors.messages import Rejected
 from actors.order.actor import OrderShardImpl
-from actors.order.model import OrderReply, PixCharge, PixSettled
+from actors.order.model import Ack, OrderReply, PixCharge, PixExpired, PixPaid, PixSettled
 from cluster.adapters.order_ports import PaymentsAdapter
 from tests.unit.test_order_shell import CARD, PIX, Harness
 from tests.unit.test_saga import Clock, Fakes, setup
@@ -47,36 +47,41 @@ async def kill(h: Harness, shell: OrderShardImpl, *calls: asyncio.Task[Any]) -> 
 
 
 class PaymentRows:
-    """The Pix ``payments`` rows behind an asyncpg-shaped pool: the two statements of
-    ``PixGateway.mark_paid`` (the conditional UPDATE, then the row's status and amount)."""
+    """The Pix ``payments`` rows behind an asyncpg-shaped pool: the statements of
+    ``PixGateway.mark_paid`` and ``PixGateway.expire`` (a conditional UPDATE of a pending
+    row, then the row as it is). Each statement is atomic, as a row lock makes it."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.recorded = 0  # rows moved to ``succeeded``
+        self.expired = 0  # rows moved to ``declined`` (expired)
 
-    async def fetchval(self, sql: str, key: str, provider: str, amount: int) -> int | None:
-        assert sql.startswith("UPDATE payments SET status = 'succeeded'"), sql
+    async def fetchval(self, sql: str, key: str, provider: str, *amount: int) -> int | None:
         row = self.rows.get(key)
-        if row is None or (row["provider"], row["status"], row["amount"]) != (
-            provider,
-            "pending",
-            amount,
-        ):
+        if row is None or (row["provider"], row["status"]) != (provider, "pending"):
             return None
-        row["status"] = "succeeded"
-        self.recorded += 1
+        if sql.startswith("UPDATE payments SET status = 'succeeded'"):
+            if row["amount"] != amount[0]:
+                return None
+            row["status"] = "succeeded"
+            self.recorded += 1
+            return 1
+        assert sql.startswith("UPDATE payments SET status = 'declined', decline_code = 'expired'")
+        row["status"], row["decline_code"] = "declined", "expired"
+        self.expired += 1
         return 1
 
     async def fetchrow(self, sql: str, key: str, provider: str) -> dict[str, Any] | None:
-        assert sql.startswith("SELECT status, amount FROM payments WHERE key = $1"), sql
+        assert sql.startswith("SELECT status, amount"), sql
         row = self.rows.get(key)
-        return None if row is None or row["provider"] != provider else dict(row)
+        return None if row is None or row["provider"] != provider else {"decline_code": None, **row}
 
 
 class PixWorld(Fakes):
-    """The fakes of ``test_saga``, with the Pix webhook recorded by the real adapter and
-    gateway; ``die_after_gateway`` hangs the call once the gateway has answered (the shard
-    is killed there, before the order records the payment)."""
+    """The fakes of ``test_saga``, with the Pix webhook and the expiry settled by the real
+    adapter and gateway; ``die_after_gateway`` hangs the webhook once the gateway has
+    answered (the shard is killed there, before the order records the payment);
+    ``before_gateway`` / ``after_gateway`` hold it before / after the gateway's answer."""
 
     def __init__(self) -> None:
         super().__init__(Clock())
@@ -84,6 +89,10 @@ class PixWorld(Fakes):
         self.on_hand, self.carts = base.on_hand, base.carts
         self.payments = PaymentRows()
         self.die_after_gateway = False
+        self.before_gateway, self.after_gateway = asyncio.Event(), asyncio.Event()
+        self.before_gateway.set()
+        self.after_gateway.set()
+        self.gateway_answered = asyncio.Event()
 
         async def open_pool() -> PaymentRows:
             return self.payments
@@ -107,10 +116,21 @@ class PixWorld(Fakes):
 
     async def pix_paid(self, key: str, amount: int) -> bool:
         self.calls["pix_paid", key] += 1
+        await self.before_gateway.wait()
         paid = await self.adapter.pix_paid(key, amount)
+        self.gateway_answered.set()
         if self.die_after_gateway:
             await asyncio.Event().wait()  # killed here: the answer never reaches the order
+        await self.after_gateway.wait()
         return paid
+
+    async def expire_pix(self, key: str, amount: int) -> PixPaid | PixExpired:
+        self.calls["expire_pix", key] += 1
+        return await self.adapter.expire_pix(key, amount)
+
+    async def void(self, key: str, method: str) -> Ack:
+        await super().void(key, method)
+        return await self.adapter.void(key, method)  # ``mark_expired``: a no-op once settled
 
 
 @pytest.fixture
@@ -164,8 +184,136 @@ async def test_a_shard_killed_between_the_gateway_and_the_order_confirms_on_the_
     assert (doc["status"], doc["step"]) == ("confirmed", "done")
     assert world.payments.rows["o1"] == {"provider": "pix", "status": "succeeded", "amount": total}
     assert world.payments.recorded == 1 and world.calls["void", "o1"] == 0
+    assert sorted(h.events()) == PAID_EVENTS
     assert world.calls["commit"] == 1 and world.holds == {}
     assert world.on_hand == {"A1": 3, "B1": 4}  # sold once
+
+
+# What a Pix order paid through its webhook commits (the first test above checks it).
+PAID_EVENTS = ["order.awaiting_payment", "order.confirmed", "order.created", "payment.processed"]
+
+
+async def pix_order(h: Harness, shell: OrderShardImpl) -> int:
+    reply = await shell.checkout("o1", "u1", "h", PIX, "user:u1")
+    assert isinstance(reply, OrderReply) and reply.order["status"] == "awaiting_payment"
+    return int(reply.order["totals"]["total"])
+
+
+def assert_confirmed_paid_once(h: Harness, world: PixWorld, total: int) -> None:
+    """Confirmed as the webhook confirms: the same events, stock sold once, nothing voided."""
+    doc = h.store.rows["o1"][0]
+    assert (doc["status"], doc["step"]) == ("confirmed", "done")
+    assert doc["payment"]["status"] == "succeeded"
+    assert sorted(h.events()) == PAID_EVENTS
+    assert world.payments.rows["o1"] == {"provider": "pix", "status": "succeeded", "amount": total}
+    assert (world.payments.recorded, world.payments.expired) == (1, 0)
+    assert world.calls["void", "o1"] == 0
+    assert world.calls["commit"] == 1 and world.holds == {}
+    assert world.on_hand == {"A1": 3, "B1": 4}  # sold once
+
+
+async def test_a_payment_whose_webhook_never_reached_the_order_confirms_at_the_expiry(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway records the payment, the shard dies before the order does, and no retry
+    of the webhook ever reaches a live shard. At the charge's expiry the restarted shard asks
+    the gateway: paid with the order's amount, so the order records it and is confirmed
+    (before, ``mark_expired`` answered False, ignored: expired, stock released, money kept).
+    A webhook retried after that is answered "already settled"."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = PixWorld()
+    h = harnesses(world)
+    first = h.shell()
+    total = await pix_order(h, first)
+
+    world.die_after_gateway = True
+    webhook = asyncio.create_task(first.pix_paid("o1", total))
+    await asyncio.wait_for(world.gateway_answered.wait(), 3)
+    await kill(h, first, webhook)
+    world.die_after_gateway = False
+
+    second = h.shell()  # restarted; the PSP's retries all went to the dead shard
+    await asyncio.sleep(0.05)
+    assert h.store.rows["o1"][0]["step"] == "awaiting"  # not expired yet: nothing asked
+    assert world.calls["expire_pix", "o1"] == 0
+    world.clock.now += 901_000
+    await until(lambda: h.store.rows["o1"][0]["step"] in ("done", "compensating"))
+    await until(lambda: "o1" not in second._tasks)
+    assert_confirmed_paid_once(h, world, total)
+    assert await second.pix_paid("o1", total) == PixSettled("already-settled", "confirmed")
+    assert world.payments.recorded == 1
+
+
+async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_payment(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook's gateway call wins the row; before its answer reaches the order the
+    expiry sweep runs: the gateway answers it paid, so the order is confirmed, once; the
+    webhook then finds it settled (before: expired while the money was recorded)."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = PixWorld()
+    h = harnesses(world)
+    shell = h.shell()
+    total = await pix_order(h, shell)
+
+    world.after_gateway.clear()
+    webhook = asyncio.create_task(shell.pix_paid("o1", total))
+    await asyncio.wait_for(world.gateway_answered.wait(), 3)
+    world.clock.now += 901_000
+    await until(lambda: world.calls["expire_pix", "o1"] == 1)
+    await until(lambda: h.store.rows["o1"][0]["step"] in ("done", "compensating"))
+    world.after_gateway.set()
+    assert await asyncio.wait_for(webhook, 5) == PixSettled("paid", "confirmed")
+    await until(lambda: "o1" not in shell._tasks)
+    assert_confirmed_paid_once(h, world, total)
+
+
+async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_expiry(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry wins the row while the webhook is on its way to the gateway: the charge is
+    declined, the order expires (voided, stock released) and the webhook, refused by the
+    gateway, finds the order settled: nothing is recorded paid."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = PixWorld()
+    h = harnesses(world)
+    shell = h.shell()
+    total = await pix_order(h, shell)
+
+    world.before_gateway.clear()
+    webhook = asyncio.create_task(shell.pix_paid("o1", total))
+    await until(lambda: world.calls["pix_paid", "o1"] == 1)
+    world.clock.now += 901_000
+    await until(lambda: h.store.rows["o1"][0]["status"] == "failed")
+    world.before_gateway.set()
+    assert await asyncio.wait_for(webhook, 5) == PixSettled("already-settled", "failed")
+    doc = h.store.rows["o1"][0]
+    assert doc["failure"]["code"] == "payment-expired"
+    assert world.payments.rows["o1"]["status"] == "declined"
+    assert (world.payments.recorded, world.payments.expired) == (0, 1)
+    assert world.calls["commit"] == 0 and world.holds == {}
+    assert world.on_hand == {"A1": 5, "B1": 5}
+    assert "order.confirmed" not in h.events()
+
+
+async def test_another_amount_paid_is_still_refused_and_the_order_expires(
+    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook with another amount is refused (the row stays pending) and the order
+    expires at its time, as before: the gateway declines the charge (operators refund the
+    shopper through the PSP)."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = PixWorld()
+    h = harnesses(world)
+    shell = h.shell()
+    total = await pix_order(h, shell)
+    wrong = await shell.pix_paid("o1", total + 1)
+    assert isinstance(wrong, Rejected) and wrong.code == "amount-mismatch"
+    world.clock.now += 901_000
+    await until(lambda: h.store.rows["o1"][0]["status"] == "failed")
+    assert h.store.rows["o1"][0]["failure"]["code"] == "payment-expired"
+    assert world.payments.rows["o1"]["status"] == "declined"
+    assert (world.payments.recorded, world.payments.expired) == (0, 1)
 
 
 # --- LRU eviction while the shard works on an order ---------------------------------------------

@@ -202,6 +202,10 @@ class Fakes:
     async def pix_paid(self, key, amount) -> bool:
         return True
 
+    async def expire_pix(self, key, amount) -> PixPaid | PixExpired:
+        self.calls["expire_pix", key] += 1
+        return PixExpired()
+
     async def refund(self, key, method, payment_id, amount) -> Refund:
         self.calls["refund", key] += 1
         self.refunds.setdefault(key, Refund("succeeded", f"re_{key}", amount))
