@@ -118,9 +118,11 @@ class Payments(Protocol):
     async def expire_pix(self, key: str, amount: int) -> PixPaid | PixExpired:
         """The Pix charge for ``key`` is past its expiry: ``PixPaid`` when it was paid with
         ``amount`` (recorded, but the order never learned it: the shard was killed after the
-        gateway answered and no retry of the webhook reached a live shard), else
-        ``PixExpired`` once it can no longer be paid (a pending charge is expired
-        atomically against a racing webhook)."""
+        gateway answered and no retry of the webhook reached a live shard; or found paid at
+        the PSP, every webhook lost), else ``PixExpired`` once it can no longer be paid (a
+        pending charge is expired atomically against a racing webhook). Raises while the
+        PSP cannot say whether it was paid (the order stays awaiting: the next expiry sweep
+        asks again; after a bounded time the adapter expires it anyway)."""
         ...
 
     async def refund(

@@ -79,6 +79,12 @@ WARM_FACTS: dict[str, Any] = {
 # Model call latencies kept for the shard's stats (a sliding window).
 LATENCY_WINDOW = 1024
 Clock = Callable[[], int]
+# A Pix charge past its expiry that the PSP cannot confirm unpaid (unreachable, failing) is
+# asked about again at every expiry sweep, for at most this long past its expiry; then it
+# expires anyway (an error logged: it may have been paid at the PSP, operators reconcile).
+# The inventory releases the order's stock 300 s past the expiry whatever happens; a
+# payment found later fails the order as ``reservation-expired`` (refunded through the PSP).
+PIX_UNCONFIRMED_MAX_S = 24 * 3600
 
 
 class PaymentUnavailable(RuntimeError):
@@ -579,7 +585,11 @@ class PaymentsAdapter:
 
     async def pix(self) -> PixGateway:
         if self._pix is None:
-            self._pix = PixGateway(await self.open_pool(), self._pix_base)
+            self._pix = PixGateway(
+                await self.open_pool(),
+                self._pix_base,
+                give_up_after_s=self.pix_expiry_s + PIX_UNCONFIRMED_MAX_S,
+            )
         return self._pix
 
     async def charge(self, key: str, amount: int, currency: str, token: str) -> Charge:
@@ -608,6 +618,8 @@ class PaymentsAdapter:
                 "pix payment %s (%d) found at its expiry: the order records it", key, amount
             )
             return PixPaid(amount)
+        if outcome == "unknown":  # the PSP cannot say it was not paid: the next sweep asks
+            raise PaymentUnavailable(f"pix charge {key}: the PSP has not confirmed it unpaid")
         if outcome == "refused":  # e.g. another amount recorded: the order expires, as before
             log.error("pix charge %s is neither pending nor paid with %d: expiring", key, amount)
         return PixExpired()

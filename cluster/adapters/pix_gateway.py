@@ -10,10 +10,19 @@ by the caller and ``mark_paid`` records ``succeeded``, or ``mark_expired``
 records it ``declined`` (decline code ``expired``). Both only move a pending
 row (a conditional ``UPDATE``: of a webhook racing the expiry, one wins and the
 other finds the row settled), so a late or replayed webhook changes nothing.
-``expire`` is what the order's expiry asks: it expires a pending charge, or
-answers ``paid`` when the payment was recorded but its order never learned it
-(its shard killed after the gateway answered, and no retry of the webhook reached a
-live shard). ``mark_paid`` answers a repeat of the payment it recorded (same
+``expire`` is what the order's expiry asks: it answers ``paid`` when the payment
+was recorded but its order never learned it (its shard killed after the gateway
+answered, and no retry of the webhook reached a live shard). A charge still
+pending here is first looked up at the PSP (``GET /v1/charges/{txid}``, the same
+session and timeout): paid there with the order's amount (every webhook lost
+before one was recorded), it is recorded as ``mark_paid`` would and answered
+``paid``; expired there (or unknown to it) it is expired here; when the PSP cannot
+say (unreachable, failing, or still showing it pending) nothing changes and the
+answer is ``unknown``, so the caller asks again later, until the charge's row is
+``give_up_after_s`` old: then it is expired anyway, with an error logged (the
+PSP may have been paid: operators reconcile). The PSP has no call to cancel a
+charge; it refuses a payment once the charge's own ``expires_at`` has passed.
+``mark_paid`` answers a repeat of the payment it recorded (same
 amount) ``already-recorded``, apart from ``refused`` (another amount, no such
 charge, expired): a caller that died between the first answer and storing it
 (an order shard killed by Ray) records the payment when the webhook is retried,
@@ -49,9 +58,12 @@ _MAX_KEY = 200
 # same amount (a retried webhook); or nothing recorded (another amount, or not pending).
 PixPaidOutcome = Literal["recorded", "already-recorded", "refused"]
 # What ``expire`` answers: the charge is expired (by this call or an earlier one); it is
-# paid with the order's amount (the order must record the payment, not expire); or neither
-# (another amount recorded, or no such charge).
-PixExpiryOutcome = Literal["expired", "paid", "refused"]
+# paid with the order's amount (the order must record the payment, not expire); the PSP
+# could not say whether it was paid (the charge stays pending: ask again later); or none of
+# these (another amount recorded or paid at the PSP, or no such charge).
+PixExpiryOutcome = Literal["expired", "paid", "unknown", "refused"]
+# Statuses of a charge at the PSP after which it can never be paid.
+_UNPAYABLE = ("expired",)
 
 
 class PixUnavailable(RuntimeError):
@@ -89,8 +101,10 @@ class PixGateway:
         *,
         pix_key: str | None = None,
         timeout_s: float = 10.0,
+        give_up_after_s: float = 86_400.0,
     ) -> None:
         self._pool = pool
+        self._give_up_after_s = give_up_after_s
         self._api_base = api_base.rstrip("/")
         self._pix_key = pix_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -182,12 +196,28 @@ class PixGateway:
 
     async def expire(self, key: str, amount: int) -> PixExpiryOutcome:
         """Settle the charge for ``key`` at its order's expiry, atomically against
-        ``mark_paid`` (both move only a pending row): ``expired`` when it was pending (this
-        call declined it) or declined as expired before (a repeat after a kill); ``paid``
-        when it is ``succeeded`` with ``amount`` (the order records the payment instead of
-        expiring); else ``refused``."""
-        if await self.mark_expired(key):
-            return "expired"
+        ``mark_paid`` (both move only a pending row). A pending row is first looked up at
+        the PSP: ``paid`` when it is ``succeeded`` with ``amount`` (recorded by a webhook,
+        or by this call from the PSP's answer: the order records the payment instead of
+        expiring); ``expired`` when this call declined it (the PSP says it expired, or has
+        no such charge; or the row is ``give_up_after_s`` old and the PSP still cannot say)
+        or it was declined as expired before (a repeat after a kill); ``unknown`` when the
+        PSP cannot say whether it was paid (the row stays pending: ask again); else
+        ``refused``."""
+        row = await self._pool.fetchrow(
+            "SELECT status, amount, decline_code,"
+            " now() - created_at >= make_interval(secs => $3) AS overdue"
+            " FROM payments WHERE key = $1 AND provider = $2",
+            key,
+            PROVIDER,
+            float(self._give_up_after_s),
+        )
+        if row is None:
+            return "refused"
+        if row["status"] == "pending":
+            asked = await self._ask_psp(key, amount, bool(row["overdue"]))
+            if asked is not None:
+                return asked
         # A fresh snapshot: a ``mark_paid`` that won the row lock has committed by now.
         row = await self._pool.fetchrow(
             "SELECT status, amount, decline_code FROM payments WHERE key = $1 AND provider = $2",
@@ -202,21 +232,76 @@ class PixGateway:
             return "expired"
         return "refused"
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-        url = self._api_base + path
+    async def _ask_psp(self, key: str, amount: int, overdue: bool) -> PixExpiryOutcome | None:
+        """What the PSP says of the pending charge for ``key``, applied to its row; None
+        when the row was settled meanwhile (the caller reads it again)."""
+        txid = txid_for(key)
+        unknown: str | None = None
         try:
-            with tracing.http_call("pix", "POST", url) as (current, headers):
-                async with self._http.post(url, json=body, headers=headers) as reply:
-                    answer = await reply.json(content_type=None)
-                    status = reply.status
-                current.set_attribute("http.response.status_code", status)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise PixUnavailable(f"Pix PSP unavailable: {type(exc).__name__}") from exc
+            charge = await self._get(f"/v1/charges/{txid}")
+        except PixUnavailable as exc:
+            charge, unknown = None, str(exc)
+        if unknown is None:
+            status = None if charge is None else charge.get("status")
+            if charge is None or status in _UNPAYABLE:  # no such charge, or past paying
+                await self.mark_expired(key)  # False: a racing webhook won; read the row
+                return None
+            if status == "paid":
+                if charge.get("amount") != amount:
+                    log.error(
+                        "pix charge %s (txid %s) paid at the PSP with %r, not %d: not recorded",
+                        key,
+                        txid,
+                        charge.get("amount"),
+                        amount,
+                    )
+                    return "refused"
+                if await self.mark_paid(key, amount) == "recorded":
+                    log.warning("pix payment %s (txid %s) found at the PSP: recorded", key, txid)
+                return None  # recorded by this call or a racing webhook: read the row again
+            unknown = f"the PSP shows it {status}"  # still payable there
+        if not overdue:
+            log.warning("pix charge %s (txid %s) not expired yet: %s", key, txid, unknown)
+            return "unknown"
+        log.error(
+            "pix charge %s (txid %s) expired unconfirmed after %.0f s (%s): it may have been"
+            " paid at the PSP; reconcile it there",
+            key,
+            txid,
+            self._give_up_after_s,
+            unknown,
+        )
+        await self.mark_expired(key)
+        return None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, answer = await self._call("POST", path, body)
         if status in (400, 409, 422):
             detail = answer.get("error") if isinstance(answer, dict) else None
             raise ValueError(f"Pix PSP refused the charge: {detail or status}")
         if status not in (200, 201) or not isinstance(answer, dict):
             raise PixUnavailable(f"Pix PSP answered http {status}")
         return answer
+
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        """The PSP's resource at ``path``; None when it has no such resource (404)."""
+        status, answer = await self._call("GET", path, None)
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(answer, dict):
+            raise PixUnavailable(f"Pix PSP answered http {status}")
+        return answer
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        url = self._api_base + path
+        try:
+            with tracing.http_call("pix", method, url) as (current, headers):
+                async with self._http.request(method, url, json=body, headers=headers) as reply:
+                    answer = await reply.json(content_type=None)
+                    status = reply.status
+                current.set_attribute("http.response.status_code", status)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PixUnavailable(f"Pix PSP unavailable: {type(exc).__name__}") from exc
+        return status, answer

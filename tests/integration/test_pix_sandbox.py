@@ -236,3 +236,61 @@ async def test_sandbox_refuses_garbage(psp, body):
     async with psp.post("v1/charges", data=data) as reply:
         assert reply.status == 400
         assert "error" in await reply.json()
+
+
+# --- the expiry asks the PSP before expiring a pending charge ---------------------------------
+
+
+async def test_a_charge_paid_whose_webhook_never_came_is_found_paid_at_the_expiry(
+    gateway, db, psp, receiver
+):
+    """Paid at the PSP, the webhook delivered to a receiver that never told the gateway:
+    the row is pending at the expiry, the PSP says paid, so ``expire`` records it and
+    answers ``paid`` (the order is then confirmed), once; a repeat answers the same."""
+    key = new_key()
+    charge = await gateway.create_charge(key, 1500, int(time.time()) + 600, receiver.url)
+    assert (await pay(psp, charge["txid"]))[0] == 200
+    assert (await payment_rows(db, key))[0]["status"] == "pending"
+    assert await gateway.expire(key, 1500) == "paid"
+    assert (await payment_rows(db, key))[0]["status"] == "succeeded"
+    assert await gateway.expire(key, 1500) == "paid"
+    assert await gateway.mark_paid(key, 1500) == "already-recorded"
+
+
+async def test_a_charge_expired_at_the_psp_is_expired(gateway, db, psp, receiver):
+    key = new_key()
+    charge = await gateway.create_charge(key, 700, int(time.time()) - 1, receiver.url)
+    assert (await sandbox_charge(psp, charge["txid"]))[1]["status"] == "expired"
+    assert await gateway.expire(key, 700) == "expired"
+    row = (await payment_rows(db, key))[0]
+    assert (row["status"], row["decline_code"]) == ("declined", "expired")
+    assert await gateway.expire(key, 700) == "expired"
+
+
+async def test_a_charge_still_payable_at_the_psp_is_not_expired(gateway, db, receiver):
+    """The PSP still shows it pending (its clock has not reached the expiry): it could be
+    paid, so nothing changes and ``expire`` answers ``unknown``."""
+    key = new_key()
+    await gateway.create_charge(key, 600, int(time.time()) + 600, receiver.url)
+    assert await gateway.expire(key, 600) == "unknown"
+    assert (await payment_rows(db, key))[0]["status"] == "pending"
+
+
+async def test_the_psp_unreachable_leaves_the_charge_pending_until_the_limit(gateway, db, receiver):
+    """The PSP cannot be reached at the expiry: ``unknown``, the row stays pending (the
+    order shard asks again at its next sweep); a gateway whose ``give_up_after_s`` the
+    row's age has passed expires it anyway."""
+    key = new_key()
+    await gateway.create_charge(key, 900, int(time.time()) - 1, receiver.url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    down = PixGateway(db, dead, timeout_s=2.0)
+    limited = PixGateway(db, dead, timeout_s=2.0, give_up_after_s=0.0)
+    try:
+        assert await down.expire(key, 900) == "unknown"
+        assert (await payment_rows(db, key))[0]["status"] == "pending"
+        assert await limited.expire(key, 900) == "expired"
+        row = (await payment_rows(db, key))[0]
+        assert (row["status"], row["decline_code"]) == ("declined", "expired")
+    finally:
+        await down.aclose()
+        await limited.aclose()

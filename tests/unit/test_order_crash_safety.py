@@ -7,22 +7,29 @@ the outside world remain); its restart is a fresh shell over the same store and 
 
 The Pix webhook goes through the real ``PaymentsAdapter`` and ``PixGateway.mark_paid``
 over a pool that holds the ``payments`` rows in memory, so the gateway's answer to a
-repeated payment is the one the shard reads in production.
+repeated payment is the one the shard reads in production. The PSP is the real sandbox
+(``cluster.pix_sandbox.Sandbox``) served in this process on a loopback port, on the test's
+clock: the gateway asks it about a charge at the expiry over HTTP, as in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 import actors.order.actor as order_actor
 from actors.messages import Rejected
 from actors.order.actor import OrderShardImpl
 from actors.order.model import Ack, OrderReply, PixCharge, PixExpired, PixPaid, PixSettled
 from cluster.adapters.order_ports import PaymentsAdapter
+from cluster.adapters.pix_gateway import txid_for
+from cluster.pix_sandbox import Sandbox
 from tests.unit.test_order_shell import CARD, PIX, Harness
 from tests.unit.test_saga import Clock, Fakes, setup
 
@@ -55,6 +62,7 @@ class PaymentRows:
         self.rows: dict[str, dict[str, Any]] = {}
         self.recorded = 0  # rows moved to ``succeeded``
         self.expired = 0  # rows moved to ``declined`` (expired)
+        self.overdue: set[str] = set()  # rows older than the gateway's ``give_up_after_s``
 
     async def fetchval(self, sql: str, key: str, provider: str, *amount: int) -> int | None:
         row = self.rows.get(key)
@@ -71,19 +79,24 @@ class PaymentRows:
         self.expired += 1
         return 1
 
-    async def fetchrow(self, sql: str, key: str, provider: str) -> dict[str, Any] | None:
+    async def fetchrow(self, sql: str, key: str, provider: str, *_: Any) -> dict[str, Any] | None:
         assert sql.startswith("SELECT status, amount"), sql
         row = self.rows.get(key)
-        return None if row is None or row["provider"] != provider else {"decline_code": None, **row}
+        if row is None or row["provider"] != provider:
+            return None
+        return {"decline_code": None, "overdue": key in self.overdue, **row}
 
 
 class PixWorld(Fakes):
     """The fakes of ``test_saga``, with the Pix webhook and the expiry settled by the real
-    adapter and gateway; ``die_after_gateway`` hangs the webhook once the gateway has
-    answered (the shard is killed there, before the order records the payment);
-    ``before_gateway`` / ``after_gateway`` hold it before / after the gateway's answer."""
+    adapter and gateway, and the charges kept by the real PSP sandbox (``start``: served on
+    a loopback port; its webhooks go nowhere, so every delivery is lost);
+    ``die_after_gateway`` hangs the webhook once the gateway has answered (the shard is
+    killed there, before the order records the payment); ``before_gateway`` /
+    ``after_gateway`` hold it before / after the gateway's answer; ``psp_down`` makes the
+    PSP answer 503 to everything."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: Path) -> None:
         super().__init__(Clock())
         base = setup()
         self.on_hand, self.carts = base.on_hand, base.carts
@@ -93,6 +106,36 @@ class PixWorld(Fakes):
         self.before_gateway.set()
         self.after_gateway.set()
         self.gateway_answered = asyncio.Event()
+        self.psp_down = False
+        self.sandbox = Sandbox(
+            state,
+            b"unit-test-secret",
+            "Agora",
+            "Sao Paulo",
+            "pix@agora.example",
+            retry_base_s=0.001,
+            clock=lambda: self.clock.now / 1000,
+        )
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.psp_url = ""
+
+    async def start(self) -> None:
+        @web.middleware
+        async def down(request: web.Request, handler: Any) -> web.StreamResponse:
+            if self.psp_down:
+                return web.json_response({"error": "down"}, status=503)
+            return await handler(request)
+
+        app = self.sandbox.app()
+        app.middlewares.append(down)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.psp_url = f"http://127.0.0.1:{port}"
+        self._http = aiohttp.ClientSession()
 
         async def open_pool() -> PaymentRows:
             return self.payments
@@ -102,16 +145,41 @@ class PixWorld(Fakes):
             self.clock,
             stripe_api_base="http://127.0.0.1:9",
             stripe_api_key="unused",
-            pix_api_base="http://127.0.0.1:9",
+            pix_api_base=self.psp_url,
             pix_expiry_s=900,
             webhook_url="http://127.0.0.1:9/v1/payments/webhooks/pix",
         )
+
+    async def close(self) -> None:
+        if self.adapter._pix is not None:
+            await self.adapter._pix.aclose()
+        if self._http is not None:
+            await self._http.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def pay_at_psp(self, key: str) -> dict[str, Any]:
+        """The shopper's bank app pays the charge; the PSP's webhook never arrives."""
+        assert self._http is not None
+        async with self._http.post(f"{self.psp_url}/v1/charges/{txid_for(key)}/pay") as reply:
+            assert reply.status == 200, await reply.text()
+            answer: dict[str, Any] = await reply.json()
+            return answer
 
     async def open_pix(self, key: str, amount: int) -> PixCharge:
         charge = await super().open_pix(key, amount)
         self.payments.rows.setdefault(
             key, {"provider": "pix", "status": "pending", "amount": amount}
         )
+        assert self._http is not None
+        body = {
+            "txid": txid_for(key),
+            "amount": amount,
+            "expires_at": charge.expires_at,
+            "webhook_url": "http://127.0.0.1:9/v1/payments/webhooks/pix",
+        }
+        async with self._http.post(f"{self.psp_url}/v1/charges", json=body) as reply:
+            assert reply.status in (200, 201), await reply.text()
         return charge
 
     async def pix_paid(self, key: str, amount: int) -> bool:
@@ -147,18 +215,26 @@ async def harnesses() -> Any:
         await h.close()
 
 
+@pytest.fixture
+async def pix_world(tmp_path: Path) -> Any:
+    world = PixWorld(tmp_path / "charges.json")
+    await world.start()
+    yield world
+    await world.close()
+
+
 # --- the Pix webhook across a kill ------------------------------------------------------------
 
 
 async def test_a_shard_killed_between_the_gateway_and_the_order_confirms_on_the_retry(
-    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway records the payment, then the shard dies before the order does. The PSP
     retries the webhook on the restarted shard: the gateway answers "already recorded, same
     amount" (before, False: read as a wrong amount, the order then expired, money kept), so
     the order records it and is confirmed, paid once; another amount is still refused."""
     monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
-    world = PixWorld()
+    world = pix_world
     h = harnesses(world)
     first = h.shell()
     reply = await first.checkout("o1", "u1", "h", PIX, "user:u1")
@@ -213,7 +289,7 @@ def assert_confirmed_paid_once(h: Harness, world: PixWorld, total: int) -> None:
 
 
 async def test_a_payment_whose_webhook_never_reached_the_order_confirms_at_the_expiry(
-    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway records the payment, the shard dies before the order does, and no retry
     of the webhook ever reaches a live shard. At the charge's expiry the restarted shard asks
@@ -221,7 +297,7 @@ async def test_a_payment_whose_webhook_never_reached_the_order_confirms_at_the_e
     (before, ``mark_expired`` answered False, ignored: expired, stock released, money kept).
     A webhook retried after that is answered "already settled"."""
     monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
-    world = PixWorld()
+    world = pix_world
     h = harnesses(world)
     first = h.shell()
     total = await pix_order(h, first)
@@ -245,13 +321,13 @@ async def test_a_payment_whose_webhook_never_reached_the_order_confirms_at_the_e
 
 
 async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_payment(
-    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The webhook's gateway call wins the row; before its answer reaches the order the
     expiry sweep runs: the gateway answers it paid, so the order is confirmed, once; the
     webhook then finds it settled (before: expired while the money was recorded)."""
     monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
-    world = PixWorld()
+    world = pix_world
     h = harnesses(world)
     shell = h.shell()
     total = await pix_order(h, shell)
@@ -269,13 +345,13 @@ async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_payment(
 
 
 async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_expiry(
-    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The expiry wins the row while the webhook is on its way to the gateway: the charge is
     declined, the order expires (voided, stock released) and the webhook, refused by the
     gateway, finds the order settled: nothing is recorded paid."""
     monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
-    world = PixWorld()
+    world = pix_world
     h = harnesses(world)
     shell = h.shell()
     total = await pix_order(h, shell)
@@ -297,13 +373,13 @@ async def test_a_webhook_racing_the_expiry_gives_one_outcome_the_expiry(
 
 
 async def test_another_amount_paid_is_still_refused_and_the_order_expires(
-    harnesses: Any, monkeypatch: pytest.MonkeyPatch
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A webhook with another amount is refused (the row stays pending) and the order
     expires at its time, as before: the gateway declines the charge (operators refund the
     shopper through the PSP)."""
     monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
-    world = PixWorld()
+    world = pix_world
     h = harnesses(world)
     shell = h.shell()
     total = await pix_order(h, shell)
@@ -314,6 +390,84 @@ async def test_another_amount_paid_is_still_refused_and_the_order_expires(
     assert h.store.rows["o1"][0]["failure"]["code"] == "payment-expired"
     assert world.payments.rows["o1"]["status"] == "declined"
     assert (world.payments.recorded, world.payments.expired) == (0, 1)
+
+
+# --- a payment the gateway never heard of (every webhook lost) ---------------------------------
+
+
+async def test_a_payment_whose_every_webhook_was_lost_confirms_at_the_expiry(
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shopper pays at the PSP and no webhook ever reaches us: the gateway's row is
+    still pending at the expiry. The gateway asks the PSP, which says paid with the order's
+    amount: recorded, and the order is confirmed (before: declined and expired, stock
+    released, the money kept at the PSP)."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = pix_world
+    h = harnesses(world)
+    shell = h.shell()
+    total = await pix_order(h, shell)
+    assert await world.pay_at_psp("o1") == {"status": "paid", "webhook_status": None}
+    assert world.payments.rows["o1"]["status"] == "pending"
+
+    world.clock.now += 901_000
+    await until(lambda: h.store.rows["o1"][0]["step"] in ("done", "compensating"))
+    await until(lambda: "o1" not in shell._tasks)
+    assert_confirmed_paid_once(h, world, total)
+    assert world.calls["pix_paid", "o1"] == 0  # no webhook: the expiry found it
+    assert await shell.pix_paid("o1", total) == PixSettled("already-settled", "confirmed")
+
+
+async def test_the_psp_unreachable_at_the_expiry_keeps_the_order_until_it_answers(
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paid at the PSP, every webhook lost, and the PSP down at the expiry: the order is
+    not expired (its charge may have been paid), every sweep asks again; once the PSP
+    answers, the payment is found and the order confirmed (before: expired at once)."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = pix_world
+    h = harnesses(world)
+    shell = h.shell()
+    total = await pix_order(h, shell)
+    await world.pay_at_psp("o1")
+
+    world.psp_down = True
+    world.clock.now += 901_000
+    await until(lambda: world.calls["expire_pix", "o1"] >= 3)
+    doc = h.store.rows["o1"][0]
+    assert (doc["status"], doc["step"]) == ("awaiting_payment", "awaiting")
+    assert world.payments.rows["o1"]["status"] == "pending"
+    assert world.calls["void", "o1"] == 0 and world.holds != {}
+
+    world.psp_down = False
+    await until(lambda: h.store.rows["o1"][0]["step"] in ("done", "compensating"))
+    await until(lambda: "o1" not in shell._tasks)
+    assert_confirmed_paid_once(h, world, total)
+
+
+async def test_the_psp_unreachable_past_the_limit_expires_the_order_anyway(
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unpaid charge whose PSP stays down: the order waits while the charge's row is
+    younger than the gateway's ``give_up_after_s``, then expires (an error is logged)."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = pix_world
+    h = harnesses(world)
+    shell = h.shell()
+    await pix_order(h, shell)
+
+    world.psp_down = True
+    world.clock.now += 901_000
+    await until(lambda: world.calls["expire_pix", "o1"] >= 3)
+    assert h.store.rows["o1"][0]["step"] == "awaiting"
+    assert world.payments.rows["o1"]["status"] == "pending"
+
+    world.payments.overdue.add("o1")
+    await until(lambda: h.store.rows["o1"][0]["status"] == "failed")
+    assert h.store.rows["o1"][0]["failure"]["code"] == "payment-expired"
+    assert world.payments.rows["o1"]["status"] == "declined"
+    assert (world.payments.recorded, world.payments.expired) == (0, 1)
+    assert world.calls["commit"] == 0 and world.holds == {}
 
 
 # --- LRU eviction while the shard works on an order ---------------------------------------------
