@@ -419,12 +419,18 @@ async def test_every_checkout_ends_once_while_orders_rescale_2_3_1(worlds):
             except Exception as exc:
                 errors.append(f"{oid}: {type(exc).__name__}: {exc}")
 
+    async def answered(count: int) -> None:
+        """Until ``count`` checkouts are answered (by count, not time: a busy box is slow)."""
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(answers) < count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
     tasks = [asyncio.create_task(shopper(c)) for c in clients]
-    await asyncio.sleep(0.2)
+    await answered(10)
     handoffs = []
-    for target in (3, 1):
+    for target, count in ((3, 25), (1, 41)):
         handoffs.append(await world.rescale(target))
-        await asyncio.sleep(0.2)
+        await answered(count)
     stop.set()
     await asyncio.gather(*tasks)
 
