@@ -7,7 +7,7 @@ The stores and handles are those of ``test_rescale`` (the cart kind's own world)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -62,14 +62,12 @@ class ShardWorld:
 
     kind: ClassVar[str]
     impl: ClassVar[type[ShardShell[Any]]]
+    clock: Callable[[], int]  # the shells' clock (Unix ms): a method or a fake clock object
 
     def setup(self, settings: SimpleNamespace, store: Any, pool: Any) -> None:
         self.settings, self.store, self.pool = settings, store, pool
         self.rings = MemoryRings()
         self.shells: dict[str, Any] = {}
-
-    def clock(self) -> int:
-        raise NotImplementedError
 
     def ports(self) -> Any:
         return None
