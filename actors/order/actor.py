@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 30.0
 EXPIRY_SCAN_S = 2.0
+EXPIRY_CONCURRENCY = 16  # expiring orders asked about at once in one sweep
 
 
 async def call_port(p: Ports, step: Step) -> object:
@@ -277,14 +278,23 @@ class OrderShardImpl(ShardShell[Order]):
         """Unpaid Pix orders expire: the saga compensates (void, release) and fails them."""
         while True:
             await asyncio.sleep(EXPIRY_SCAN_S)
+            gate = asyncio.Semaphore(EXPIRY_CONCURRENCY)
             now = self.clock()
+            due = []
             for order in list(self.states.values()):
                 if self._gives_away(order.order_id) or self.states.get(order.order_id) is not order:
                     continue  # being handed over (its new owner expires it), or dropped
                 pix = (order.payment or {}).get("pix") or {}
                 if order.step == "awaiting" and pix.get("expires_at", 0) * 1000 <= now:
-                    with contextlib.suppress(Exception):  # the next sweep asks again
-                        await self._expire(order)
+                    due.append(order)
+            # Several at once: a PSP that hangs costs one call's timeout per sweep, not one
+            # per waiting order.
+            await asyncio.gather(*(self._expire_quietly(order, gate) for order in due))
+
+    async def _expire_quietly(self, order: Order, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            with contextlib.suppress(Exception):  # the next sweep asks again
+                await self._expire(order)
 
     async def _expire(self, order: Order) -> None:
         """An awaiting Pix order past its expiry asks the gateway, which settles the charge

@@ -26,7 +26,15 @@ from aiohttp import web
 import actors.order.actor as order_actor
 from actors.messages import Rejected
 from actors.order.actor import OrderShardImpl
-from actors.order.model import Ack, OrderReply, PixCharge, PixExpired, PixPaid, PixSettled
+from actors.order.model import (
+    Ack,
+    CartLine,
+    OrderReply,
+    PixCharge,
+    PixExpired,
+    PixPaid,
+    PixSettled,
+)
 from cluster.adapters.order_ports import PaymentsAdapter
 from cluster.adapters.pix_gateway import txid_for
 from cluster.pix_sandbox import Sandbox
@@ -107,6 +115,8 @@ class PixWorld(Fakes):
         self.after_gateway.set()
         self.gateway_answered = asyncio.Event()
         self.psp_down = False
+        self.psp_delay_s = 0.0  # each PSP answer waits this long (a slow or hanging PSP)
+        self.psp_in_flight = self.psp_most_in_flight = 0
         self.sandbox = Sandbox(
             state,
             b"unit-test-secret",
@@ -125,7 +135,13 @@ class PixWorld(Fakes):
         async def down(request: web.Request, handler: Any) -> web.StreamResponse:
             if self.psp_down:
                 return web.json_response({"error": "down"}, status=503)
-            return await handler(request)
+            self.psp_in_flight += 1
+            self.psp_most_in_flight = max(self.psp_most_in_flight, self.psp_in_flight)
+            try:
+                await asyncio.sleep(self.psp_delay_s)
+                return await handler(request)
+            finally:
+                self.psp_in_flight -= 1
 
         app = self.sandbox.app()
         app.middlewares.append(down)
@@ -468,6 +484,35 @@ async def test_the_psp_unreachable_past_the_limit_expires_the_order_anyway(
     assert world.payments.rows["o1"]["status"] == "declined"
     assert (world.payments.recorded, world.payments.expired) == (0, 1)
     assert world.calls["commit"] == 0 and world.holds == {}
+
+
+async def test_a_slow_psp_is_asked_about_every_expiring_order_at_once(
+    pix_world: PixWorld, harnesses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three unpaid Pix orders expire in the same sweep while the PSP takes 0.3 s per answer:
+    the sweep asks about them together (before: one after another, so a PSP that hangs cost
+    one timeout per waiting order per sweep), and each still expires once."""
+    monkeypatch.setattr(order_actor, "EXPIRY_SCAN_S", 0.01)
+    world = pix_world
+    for user in ("u2", "u3"):
+        world.carts[f"user:{user}"] = [CartLine("B1", "Book", 500, 1)]
+    h = harnesses(world)
+    shell = h.shell()
+    for order_id, user in (("o1", "u1"), ("o2", "u2"), ("o3", "u3")):
+        reply = await shell.checkout(order_id, user, "h", PIX, f"user:{user}")
+        assert isinstance(reply, OrderReply) and reply.order["status"] == "awaiting_payment"
+
+    world.psp_delay_s = 0.3
+    world.psp_most_in_flight = 0
+    world.clock.now += 901_000
+    await until(
+        lambda: all(h.store.rows[o][0]["status"] == "failed" for o in ("o1", "o2", "o3")),
+        timeout=10,
+    )
+    assert world.psp_most_in_flight == 3
+    assert (world.payments.recorded, world.payments.expired) == (0, 3)
+    assert all(world.calls["expire_pix", o] == 1 for o in ("o1", "o2", "o3"))
+    assert world.holds == {} and world.on_hand == {"A1": 5, "B1": 5}
 
 
 # --- LRU eviction while the shard works on an order ---------------------------------------------
