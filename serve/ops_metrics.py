@@ -4,6 +4,9 @@
 * ``agora_outbox_unsent_events`` and ``agora_outbox_oldest_unsent_seconds``: the
   relay's backlog (events committed and not yet published), i.e. the lag every
   consumer sees before it can even start.
+* ``agora_events_dead_lettered{consumer}``: events each consumer has parked on its
+  dead-letter topic (undecodable, unknown version, refused), from ``dead_letters``;
+  a counter in all but type (it only grows), so ``increase()`` applies.
 * ``agora_disk_used_ratio{path}``: the data directory's file system (var/, where
   the embedded PostgreSQL, Redis and Pulsar keep their data).
 
@@ -23,6 +26,11 @@ OUTBOX_UNSENT = Gauge("agora_outbox_unsent_events", "outbox events not yet publi
 OUTBOX_OLDEST = Gauge(
     "agora_outbox_oldest_unsent_seconds", "age of the oldest unpublished outbox event"
 )
+DEAD_LETTERED = Gauge(
+    "agora_events_dead_lettered",
+    "events a consumer published to its dead-letter topic, since the database was created",
+    ["consumer"],
+)
 DISK_USED = Gauge("agora_disk_used_ratio", "used / size of the data file system", ["path"])
 
 _OUTBOX = (
@@ -30,6 +38,14 @@ _OUTBOX = (
     " coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest"
     " FROM outbox WHERE sent_at IS NULL"
 )
+
+_DEAD_LETTERS = "SELECT consumer, count(*) AS n FROM dead_letters GROUP BY consumer"
+
+
+async def refresh_dead_letters(conn: Any) -> None:
+    """``agora_events_dead_lettered{consumer}`` from the ``dead_letters`` table."""
+    for row in await conn.fetch(_DEAD_LETTERS, timeout=2.0):
+        DEAD_LETTERED.labels(row["consumer"]).set(row["n"])
 
 
 async def refresh(rt: Any) -> None:
@@ -48,8 +64,9 @@ async def refresh(rt: Any) -> None:
     try:
         async with rt.pool.acquire(timeout=1.0) as conn:
             row = await conn.fetchrow(_OUTBOX, timeout=2.0)
-        OUTBOX_UNSENT.set(row["unsent"])
-        OUTBOX_OLDEST.set(row["oldest"])
+            OUTBOX_UNSENT.set(row["unsent"])
+            OUTBOX_OLDEST.set(row["oldest"])
+            await refresh_dead_letters(conn)
     except Exception:  # noqa: S110 - the database alert covers an unreachable database
         pass
     try:

@@ -11,8 +11,10 @@ pauses consumption and loses nothing. Any other failure to apply is retried
 in place, with backoff, up to ``max_attempts`` times; a message that cannot
 be decoded is not retried. Either of those is then published to the
 dead-letter topic ``<topic>-<subscription>-DLQ`` (properties ``REAL_TOPIC``,
-``ORIGIN_MESSAGE_ID``, ``DLQ_REASON``) and acknowledged, so a poison message
-never loops and never holds up the later events of its key. Retrying in
+``ORIGIN_MESSAGE_ID``, ``DLQ_REASON``), recorded in ``dead_letters`` (what
+``/metrics`` counts as ``agora_events_dead_lettered{consumer}``; best effort) and
+acknowledged, so a poison message never loops and never holds up the later
+events of its key. Retrying in
 place rather than by negative acknowledgement keeps per-key order, and it
 matters on pulsar-lite, which never redelivers a message nacked twice on a
 ``Key_Shared`` subscription and from then on stops delivering its key.
@@ -75,6 +77,7 @@ log = logging.getLogger(__name__)
 
 RECEIVE_TIMEOUT_MS = 200
 MAX_TRANSIENT_BACKOFF_S = 5.0
+DEAD_LETTER_RECORD_TIMEOUT_S = 5.0
 
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -329,7 +332,33 @@ class IdempotentConsumer(abc.ABC):
             log.exception("%s: dead-lettering failed; negatively acknowledging", self.name)
             consumer.negative_acknowledge(message)
             return
+        await self._record_dead_letter(pool, message, reason)
         consumer.acknowledge(message)
+
+    async def _record_dead_letter(
+        self, pool: asyncpg.Pool, message: pulsar.Message, reason: str
+    ) -> None:
+        """A ``dead_letters`` row for /metrics; best effort, never holds up the partition."""
+        properties = message.properties()
+        try:
+            event_id: str | None = decode(message.data()).id
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            event_id = properties.get("event_id")
+        try:
+            await asyncio.wait_for(
+                pool.execute(
+                    "INSERT INTO dead_letters (consumer, topic, event_id, event_type, reason)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    self.name,
+                    message.topic_name(),
+                    event_id,
+                    properties.get("type"),
+                    reason[:1000],
+                ),
+                DEAD_LETTER_RECORD_TIMEOUT_S,
+            )
+        except Exception as exc:
+            log.warning("%s: dead letter not recorded: %s", self.name, _describe(exc))
 
     async def _apply_traced(
         self, pool: asyncpg.Pool, envelope: Envelope, stop_event: asyncio.Event

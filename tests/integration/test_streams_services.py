@@ -26,10 +26,12 @@ import pulsar
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
 
 from cluster.adapters.smtp import SmtpSender
 from cluster.adapters.webhook_delivery import HttpPoster
 from cluster.db import migrate
+from serve import ops_metrics
 from streams.consumer import IdempotentConsumer, dead_letter_topic
 from streams.consumers.host import ConsumerHost, HostConfig
 from streams.consumers.notifications import (
@@ -342,6 +344,21 @@ async def test_the_consumer_applies_once_retries_blips_and_dead_letters_poison(
         assert decode(reasons["apply failed 2 times"].data()).id == poison.id
         assert {m.properties()["REAL_TOPIC"] for m in dead} == {topic}
         assert await _processed(pool, name) == {ok.id, flaky.id}  # the refusal rolled back
+        # Each dead letter is recorded (before its acknowledgement) and counted in /metrics.
+        query = "SELECT topic, event_id, reason FROM dead_letters WHERE consumer = $1 ORDER BY id"
+
+        async def both_recorded() -> bool:
+            return len(await pool.fetch(query, name)) == 2
+
+        await eventually(both_recorded, timeout=10)
+        recorded = await pool.fetch(query, name)
+        assert [(r["topic"], r["event_id"], r["reason"].split(":")[0]) for r in recorded] == [
+            (topic, None, "undecodable"),
+            (topic, poison.id, "apply failed 2 times"),
+        ]
+        async with pool.acquire() as conn:
+            await ops_metrics.refresh_dead_letters(conn)
+        assert REGISTRY.get_sample_value("agora_events_dead_lettered", {"consumer": name}) == 2
         # Idle past resubscribe_idle_s: it closes and subscribes again, and still consumes.
         await asyncio.sleep(consumer.resubscribe_idle_s * 2)
         late = _event(CART_ITEM_ADDED, "k2", {"mode": "ok"})
