@@ -30,7 +30,7 @@ from cluster import rayenv  # isort: skip
 # isort: split
 from actors.clients import ShardOps
 from actors.session.passwords import PasswordHasher, check_password, normalise_email
-from cluster import analytics, backup, db, infra, scaling, supervisor
+from cluster import analytics, backup, db, infra, operator_audit, scaling, supervisor
 from cluster.adapters import object_store, signing_keys
 from cluster.adapters.rings import PostgresRings
 from cluster.adapters.smtp import SmtpSender
@@ -505,7 +505,18 @@ def migrate(settings: Settings) -> None:
     _say(f"migrations applied: {applied or 'none (up to date)'}")
 
 
-async def _create_admin(database_url: str, email: str, password: str, name: str) -> str:
+# (tenant, namespace) of the events topics: where the CLI's audit records are queued.
+DEFAULT_EVENTS = ("agora", "events")
+
+
+async def _create_admin(
+    database_url: str,
+    email: str,
+    password: str,
+    name: str,
+    events: tuple[str, str] = DEFAULT_EVENTS,
+) -> str:
+    """Create an admin or grant the role; either is recorded in the audit log (``role.grant``)."""
     normalised = normalise_email(email)
     if normalised is None:
         raise SystemExit("not a valid email address")
@@ -515,24 +526,43 @@ async def _create_admin(database_url: str, email: str, password: str, name: str)
             "SELECT user_id FROM users WHERE email = $1 AND erased_at IS NULL", normalised
         )
         if existing:
-            await conn.execute(
-                "UPDATE users SET roles = ARRAY(SELECT DISTINCT unnest(roles || ARRAY['admin'])),"
-                " updated_at = now() WHERE user_id = $1",
-                existing,
-            )
+            async with conn.transaction():
+                await conn.execute(
+                    "UPDATE users SET roles ="
+                    " ARRAY(SELECT DISTINCT unnest(roles || ARRAY['admin'])),"
+                    " updated_at = now() WHERE user_id = $1",
+                    existing,
+                )
+                await operator_audit.record_cli_action(
+                    conn,
+                    "role.grant",
+                    existing,
+                    {"role": "admin", "created": False},
+                    tenant=events[0],
+                    namespace=events[1],
+                )
             return f"promoted {existing} to admin"
         reason = check_password(password, email=normalised, name=name)
         if reason:
             raise SystemExit(f"password refused: {reason}")
         user_id = str(uuid7())
-        await conn.execute(
-            "INSERT INTO users (user_id, email, name, password_hash, roles)"
-            " VALUES ($1, $2, $3, $4, ARRAY['shopper', 'admin'])",
-            user_id,
-            normalised,
-            name,
-            PasswordHasher().hash(password),
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO users (user_id, email, name, password_hash, roles)"
+                " VALUES ($1, $2, $3, $4, ARRAY['shopper', 'admin'])",
+                user_id,
+                normalised,
+                name,
+                PasswordHasher().hash(password),
+            )
+            await operator_audit.record_cli_action(
+                conn,
+                "role.grant",
+                user_id,
+                {"role": "admin", "created": True},
+                tenant=events[0],
+                namespace=events[1],
+            )
         return f"created admin {user_id}"
     finally:
         await conn.close()
@@ -545,18 +575,27 @@ def admin_create(settings: Settings, email: str, password_stdin: bool, name: str
         password = sys.stdin.readline().rstrip("\n")
     elif sys.stdin.isatty():
         password = getpass.getpass("password: ")
-    _say(asyncio.run(_create_admin(service_urls(settings).database, email, password, name)))
+    events = (settings.events_tenant, settings.events_namespace)
+    _say(asyncio.run(_create_admin(service_urls(settings).database, email, password, name, events)))
+
+
+async def _rotate_signing_key(database_url: str, events: tuple[str, str] = DEFAULT_EVENTS) -> str:
+    """A new signing key, recorded in the audit log (``keys.rotate``) in the same transaction."""
+    conn = await db.connect(database_url)
+    try:
+        async with conn.transaction():
+            kid = await signing_keys.rotate(conn)
+            await operator_audit.record_cli_action(
+                conn, "keys.rotate", kid, tenant=events[0], namespace=events[1]
+            )
+        return kid
+    finally:
+        await conn.close()
 
 
 def keys_rotate(settings: Settings) -> None:
-    async def run() -> str:
-        conn = await db.connect(service_urls(settings).database)
-        try:
-            return await signing_keys.rotate(conn)
-        finally:
-            await conn.close()
-
-    kid = asyncio.run(run())
+    events = (settings.events_tenant, settings.events_namespace)
+    kid = asyncio.run(_rotate_signing_key(service_urls(settings).database, events))
     _say(f"new signing key {kid}; the previous one keeps verifying until its tokens expire")
 
 
@@ -613,7 +652,16 @@ def keys_rotate_master(settings: Settings) -> int:
         conn = await db.connect(service_urls(settings).database)
         try:
             async with conn.transaction():
-                return await secretbox.reseal_all(conn, keys)
+                counts = await secretbox.reseal_all(conn, keys)
+                await operator_audit.record_cli_action(
+                    conn,
+                    "keys.rotate_master",
+                    None,
+                    {"resealed": counts},
+                    tenant=settings.events_tenant,
+                    namespace=settings.events_namespace,
+                )
+                return counts
         finally:
             await conn.close()
 
