@@ -13,12 +13,13 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
 import ray
 
 from cluster import infra
 from streams.consumers.notifications import notifications_actor_name
-from tests.e2e.shoppers import auth, new_product, new_shopper
+from tests.e2e.shoppers import auth, new_admin, new_product, new_shopper
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,51 @@ async def test_the_shopper_locale_preference_picks_english(embedded_smtp, http, 
     found = await wait_for_mail(embedded_smtp, shopper["email"], order["id"])
     assert [str(m["Subject"]) for m in found] == [f"Order {order['id']} confirmed"]
     assert "Hello, Test Shopper." in text_of(found[0])
+
+
+async def _one_mail(settings, shopper: dict, subject: str) -> EmailMessage:
+    found = await wait_for_mail(settings, shopper["email"], subject)
+    assert [str(m["Subject"]) for m in found] == [subject], subject
+    assert found[0].get_body(preferencelist=("html",)) is not None  # HTML and text
+    return found[0]
+
+
+async def test_every_other_order_and_account_mail_arrives_once(embedded_smtp, http, db):
+    """Pix awaiting payment (with its BR Code), shipped, cancelled, refunded, two-step on."""
+    admin = new_admin(http)
+    shopper = new_shopper(http)
+    headers = auth(shopper)
+    # Pix: the order waits for payment; the mail carries the copy-and-paste BR Code.
+    sku = await new_product(db, 10, price=4_000)
+    http.post("/v1/cart/items", json={"sku": sku, "quantity": 1}, headers=headers)
+    pix = {**CHECKOUT, "payment": {"method": "pix"}}
+    reply = http.post(
+        "/v1/checkout", json=pix, headers={**headers, "Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert reply.status_code == 202, reply.text
+    waiting = reply.json()
+    mail = await _one_mail(embedded_smtp, shopper, f"Pedido {waiting['id']}: pague com Pix")
+    assert waiting["pix"]["br_code"] in text_of(mail)
+    html = mail.get_body(preferencelist=("html",))
+    assert html is not None and waiting["pix"]["br_code"] in html.get_content()
+    # Shipped, then refunded, by an operator; another order cancelled by the shopper.
+    shipped = checkout(http, await new_product(db, 10), headers)
+    done = http.post(f"/v1/admin/orders/{shipped['id']}/ship", json={}, headers=admin)
+    assert done.status_code == 200, done.text
+    await _one_mail(embedded_smtp, shopper, f"Pedido {shipped['id']} enviado")
+    refunded = http.post(f"/v1/admin/orders/{shipped['id']}/refund", headers=admin)
+    assert refunded.status_code == 200, refunded.text
+    await _one_mail(embedded_smtp, shopper, f"Pedido {shipped['id']} reembolsado")
+    cancelled = checkout(http, await new_product(db, 10), headers)
+    done = http.post(f"/v1/orders/{cancelled['id']}/cancel", headers=headers)
+    assert done.status_code == 200, done.text
+    await _one_mail(embedded_smtp, shopper, f"Pedido {cancelled['id']} cancelado")
+    # Two-step verification turned on.
+    secret = http.post("/v1/auth/mfa/enroll", headers=headers).json()["secret"]
+    code = pyotp.TOTP(secret).now()
+    confirmed = http.post("/v1/auth/mfa/confirm", json={"code": code}, headers=headers)
+    assert confirmed.status_code == 200, confirmed.text
+    await _one_mail(embedded_smtp, shopper, "Verificação em duas etapas ativada")
 
 
 async def test_an_erased_shopper_gets_nothing(embedded_smtp, http, db):
