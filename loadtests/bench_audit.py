@@ -5,8 +5,9 @@ The records are made with the real ``record_hash`` (one chain, actors and
 actions cycling, small JSON details) and loaded with COPY. Printed: the time
 of ``audit.verify`` and of the baseline (the same server-side cursor scan of the
 stored columns, no canonical text, no hashing), and their ratio, for ``verify``
-in this process and with ``--workers`` processes (default: one per core), and
-for the verify it replaced (PostgreSQL rendering the canonical text).
+in this process and with ``--workers`` processes (default: one per core), for
+the one-process walk with times decoded as datetimes (before they came as ints),
+and for the verify it replaced (PostgreSQL rendering the canonical text).
 
     .venv/bin/python -m loadtests.bench_audit --records 1000000
 """
@@ -82,6 +83,19 @@ async def _baseline(conn: asyncpg.Connection) -> int:
     return count
 
 
+async def _datetime_walk(conn: asyncpg.Connection) -> audit.Verdict:
+    """The one-process verify as it was before times came as ints: asyncpg builds a
+    datetime per row and ``canonical_at`` renders it."""
+    walker = audit.ChainWalker()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await conn.cursor(audit._RECORDS)
+        while rows := await cursor.fetch(50_000):
+            failed = walker.feed(rows)
+            if failed is not None:
+                return failed
+    return walker.finish()
+
+
 async def _sql_canonical(conn: asyncpg.Connection) -> audit.Verdict:
     """The verify this replaced: PostgreSQL renders ``audit_canonical``, rows one by one."""
     walker = audit.ChainWalker()
@@ -119,6 +133,14 @@ async def measure(dsn: str, n: int, workers: int) -> None:
                 f"audit verify, {procs} process(es): {took:.2f}s ({took / baseline:.2f}x"
                 f" baseline), {n / took:,.0f} records/s"
             )
+        started = time.perf_counter()
+        verdict = await _datetime_walk(conn)
+        took = time.perf_counter() - started
+        assert verdict.ok and verdict.records == n, verdict
+        print(
+            f"verify, 1 process, times decoded as datetimes (before): {took:.2f}s"
+            f" ({took / baseline:.2f}x baseline)"
+        )
         started = time.perf_counter()
         verdict = await _sql_canonical(conn)
         took = time.perf_counter() - started

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
 from typing import Any, Protocol
 
@@ -92,6 +92,29 @@ def canonical_at(at: datetime) -> str:
     return f"{at.isoformat(timespec='microseconds')}Z"
 
 
+# PostgreSQL's timestamp epoch: a timestamptz travels as int64 microseconds since it.
+_PG_EPOCH = datetime(2000, 1, 1)
+_DAY_US = 86_400_000_000
+_day_text: dict[int, str] = {}
+
+
+def canonical_at_us(us: int) -> str:
+    """``canonical_at`` of the time ``us`` microseconds after 2000-01-01 UTC (the wire
+    form, decoded with no datetime): the date part is cached per day, the rest is
+    arithmetic. Years 1-9999 only (``_COLUMNS`` hands out nothing else)."""
+    day, rest = divmod(us, _DAY_US)
+    date = _day_text.get(day)
+    if date is None:
+        if len(_day_text) > 100_000:
+            _day_text.clear()
+        d = _PG_EPOCH + timedelta(days=day)
+        date = _day_text[day] = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+    seconds, micro = divmod(rest, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{date}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}Z"
+
+
 def canonical(
     seq: int,
     event_id: str,
@@ -115,8 +138,21 @@ def canonical(
     its text from a SQL function, which a superuser could replace so that an
     edited row renders its old text.
     """
+    return _canonical_text(seq, event_id, canonical_at(at), actor, action, target, details)
+
+
+def _canonical_text(
+    seq: int,
+    event_id: str,
+    at_text: str,
+    actor: str | None,
+    action: str,
+    target: str | None,
+    details: str,
+) -> str:
+    """``canonical`` with the time already rendered (``canonical_at`` or ``canonical_at_us``)."""
     return (
-        f'[{seq}, "{event_id}", "{canonical_at(at)}", '
+        f'[{seq}, "{event_id}", "{at_text}", '
         f"{_json_text(actor)}, {encode_basestring(action)}, {_json_text(target)}, {details}]"
     )
 
@@ -191,8 +227,12 @@ class Verdict:
 class ChainWalker:
     """Checks ``(seq, prev_hash, hash, canon)`` rows fed in ``seq`` order; the first fault wins."""
 
-    def __init__(self, expected: Appended | None = None) -> None:
+    def __init__(
+        self, expected: Appended | None = None, at_text: Callable[[Any], str] = canonical_at
+    ) -> None:
         self.expected = expected
+        # How ``feed`` renders a row's ``at``: a datetime, or int microseconds (``_int_times``).
+        self.at_text = at_text
         self.prev = GENESIS
         self.count = 0
         self.head: Appended | None = None
@@ -223,7 +263,7 @@ class ChainWalker:
         prev, count = self.prev, self.count
         expected = self.expected
         anchor_seq = -1 if expected is None else expected.seq
-        sha256 = hashlib.sha256
+        sha256, at_text = hashlib.sha256, self.at_text
         failed: tuple[str, int] | None = None
         for seq, event_id, at, actor, action, target, details, prev_hash, digest in rows:
             if seq != count + 1:
@@ -235,7 +275,7 @@ class ChainWalker:
             if at is None:  # out of Python's range (``_COLUMNS``): not written by append
                 failed = (f"record {seq} was altered", seq)
                 break
-            canon = canonical(seq, event_id, at, actor, action, target, details)
+            canon = _canonical_text(seq, event_id, at_text(at), actor, action, target, details)
             if sha256(f"{prev}\n{canon}".encode()).hexdigest() != digest:
                 failed = (f"record {seq} was altered", seq)
                 break
@@ -249,10 +289,16 @@ class ChainWalker:
         return None if failed is None else self._fail(*failed)
 
     @classmethod
-    def mid_chain(cls, seq: int, prev_hash: str, expected: Appended | None) -> ChainWalker:
+    def mid_chain(
+        cls,
+        seq: int,
+        prev_hash: str,
+        expected: Appended | None,
+        at_text: Callable[[Any], str] = canonical_at,
+    ) -> ChainWalker:
         """A walker that takes a span's first record ``(seq, prev_hash)`` on trust: the
         span alone cannot know what came before; ``join`` checks that link later."""
-        walker = cls(expected)
+        walker = cls(expected, at_text)
         walker.count, walker.prev = seq - 1, prev_hash
         return walker
 
@@ -329,8 +375,24 @@ async def verify(
     """
     if dsn is not None and workers > 1:
         return await verify_parallel(conn, dsn, workers, expected, batch)
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        return await _walk(conn, ChainWalker(expected), batch)
+    await _int_times(conn)  # for this walk only: the caller's connection is given back as it was
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await _walk(conn, ChainWalker(expected, canonical_at_us), batch)
+    finally:
+        await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+
+
+async def _int_times(conn: asyncpg.Connection) -> None:
+    """Decode ``timestamptz`` on ``conn`` as its wire int (microseconds since 2000):
+    no datetime per row; ``canonical_at_us`` renders it. Reset it to give ``conn`` back."""
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        format="tuple",
+        encoder=lambda us: (us,),
+        decoder=lambda wire: wire[0],
+    )
 
 
 async def _walk(conn: asyncpg.Connection, walker: ChainWalker, batch: int) -> Verdict:
@@ -406,6 +468,7 @@ async def _check_range(
 ) -> Span:
     conn = await asyncpg.connect(dsn)
     try:
+        await _int_times(conn)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             # SET takes no parameters; the id was checked to be hex and dashes.
             await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
@@ -414,7 +477,7 @@ async def _check_range(
             if not rows:
                 return Span(None)
             first = (rows[0][0], rows[0][7])
-            walker = ChainWalker.mid_chain(*first, expected)
+            walker = ChainWalker.mid_chain(*first, expected, canonical_at_us)
             while rows:
                 failed = walker.feed(rows)
                 if failed is not None:

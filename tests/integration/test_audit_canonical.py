@@ -62,6 +62,8 @@ async def dsn(tmp_path: Path) -> AsyncIterator[str]:
 async def _both(conn: asyncpg.Connection, dsn: str) -> audit.Verdict:
     """The sequential and the parallel verdict, which must be the same."""
     sequential = await audit.verify(conn, batch=5)
+    # The walk decodes times as ints on this connection, then gives it back as it was.
+    assert isinstance(await conn.fetchval("SELECT now()"), datetime)
     parallel = await audit.verify(conn, batch=5, dsn=dsn, workers=2)
     assert parallel == sequential
     return sequential

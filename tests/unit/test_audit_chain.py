@@ -16,6 +16,7 @@ from streams.consumers.audit import (
     audit_entry,
     canonical,
     canonical_at,
+    canonical_at_us,
     check_chain,
     record_hash,
 )
@@ -357,3 +358,21 @@ def test_a_time_python_cannot_hold_is_an_altered_record() -> None:
     for walk in (_walk, _walk_spans):
         verdict = walk(rows)
         assert (verdict.bad_seq, verdict.problem, verdict.records) == (5, "record 5 was altered", 4)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 12, 4, 22, 13, 5, 123456, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),  # the wire's zero
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # negative on the wire
+        datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 3, 4, 5, 6, 7, tzinfo=UTC),  # a three-digit year keeps four digits
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_the_wire_microseconds_render_as_the_datetime_does(when: datetime) -> None:
+    wire = (when - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert canonical_at_us(wire) == canonical_at(when)
+    assert canonical_at_us(wire) == canonical_at_us(wire)  # from the per-day cache too
