@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Categories whose goods resell easily (the fraud model's ``resale_share`` feature:
+# training's simulation plants fraud in them, the live adapter counts their units).
+RESALE_CATEGORIES = ("electronics", "beauty", "shoes")
+
 
 @dataclass(frozen=True)
 class FraudFacts:

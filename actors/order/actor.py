@@ -97,7 +97,13 @@ async def call_port(p: Ports, step: Step) -> object:
             )
         case ScreenFraud():
             return await p.fraud.screen(
-                step.order_id, step.user_id, step.total, step.quantities, step.country
+                step.order_id,
+                step.user_id,
+                step.total,
+                step.quantities,
+                step.country,
+                step.skus,
+                step.shipping_method,
             )
         case ReserveStock():
             return await p.stock.reserve(step.order_id, step.lines, step.long_hold)

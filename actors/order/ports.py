@@ -81,6 +81,8 @@ class Fraud(Protocol):
         total: int,
         quantities: tuple[int, ...],
         country: str,
+        skus: tuple[str, ...] = (),  # one per quantity (the model counts resale categories)
+        shipping_method: str = "standard",
     ) -> Screening: ...
 
     async def warm(self) -> None:

@@ -79,6 +79,8 @@ class ScreenFraud:
     total: int
     quantities: tuple[int, ...]
     country: str
+    skus: tuple[str, ...] = ()  # one per quantity, same order
+    shipping_method: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,8 @@ def next_step(order: Order) -> Step | None:
             int(order.totals["total"]),
             tuple(int(line["quantity"]) for line in order.lines),
             order.request["shipping_address"]["country"],
+            tuple(str(line["sku"]) for line in order.lines),
+            str(order.request.get("shipping_method") or "standard"),
         )
     if step == "screened":
         return ReserveStock(order.order_id, stock_lines(order), _method(order) == "pix")

@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from actors.clients import CartClient, InventoryClient
-from actors.fraud.rules import FraudFacts, Screening, screen
+from actors.fraud.rules import RESALE_CATEGORIES, FraudFacts, Screening, screen
 from actors.inventory.model import Held, LineHold
 from actors.messages import Rejected
 from actors.order.model import (
@@ -75,6 +75,8 @@ WARM_FACTS: dict[str, Any] = {
     "orders_last_hour": 0,
     "tokens_30d": 1,
     "hour": 12,
+    "express": 0,
+    "resale_units": 0,
 }
 # Model call latencies kept for the shard's stats (a sliding window).
 LATENCY_WINDOW = 1024
@@ -385,7 +387,10 @@ _FRAUD_FACTS = (
     "SELECT (SELECT extract(epoch FROM created_at)::bigint FROM users WHERE user_id = $1)"
     " AS created,"
     " count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS hour,"
-    " count(DISTINCT data->'request'->'payment'->>'token') AS tokens"
+    " count(DISTINCT data->'request'->'payment'->>'token') AS tokens,"
+    " (SELECT coalesce(sum(line.quantity), 0)::bigint FROM unnest($3::text[], $4::bigint[])"
+    " AS line(sku, quantity) JOIN products p ON p.sku = line.sku"
+    " WHERE p.category = ANY($5::text[])) AS resale"
     " FROM orders WHERE user_id = $1 AND order_id <> $2"
     " AND created_at > now() - interval '30 days'"
 )
@@ -491,12 +496,26 @@ class FraudAdapter:
         return self._ready
 
     async def facts(
-        self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
+        self,
+        order_id: str,
+        user_id: str,
+        total: int,
+        quantities: tuple[int, ...],
+        country: str,
+        skus: tuple[str, ...] = (),
+        shipping_method: str = "standard",
     ) -> dict[str, Any]:
         """The raw facts both the model and the rules score (serve.models.features.RAW_SCHEMA)."""
         db = await self.open_pool()
-        async with db.acquire() as conn:  # one round trip: the account and its history
-            history = await conn.fetchrow(_FRAUD_FACTS, user_id, order_id)
+        async with db.acquire() as conn:  # one round trip: the account, its history, the lines
+            history = await conn.fetchrow(
+                _FRAUD_FACTS,
+                user_id,
+                order_id,
+                list(skus),
+                [int(q) for q in quantities[: len(skus)]],
+                list(RESALE_CATEGORIES),
+            )
         created = history["created"] if history else None
         now_s = self.clock() // 1000
         return {
@@ -509,12 +528,21 @@ class FraudAdapter:
             "orders_last_hour": int(history["hour"] or 0) if history else 0,
             "tokens_30d": int(history["tokens"] or 0) if history else 0,
             "hour": int(now_s // 3600 % 24),
+            "express": int(shipping_method == "express"),
+            "resale_units": int(history["resale"] or 0) if history else 0,
         }
 
     async def screen(
-        self, order_id: str, user_id: str, total: int, quantities: tuple[int, ...], country: str
+        self,
+        order_id: str,
+        user_id: str,
+        total: int,
+        quantities: tuple[int, ...],
+        country: str,
+        skus: tuple[str, ...] = (),
+        shipping_method: str = "standard",
     ) -> Screening:
-        raw = await self.facts(order_id, user_id, total, quantities, country)
+        raw = await self.facts(order_id, user_id, total, quantities, country, skus, shipping_method)
         rules = screen(
             FraudFacts(
                 total=raw["total"],

@@ -26,6 +26,8 @@ RAW_SCHEMA: dict[str, Any] = {
     "orders_last_hour": pl.Int64,  # the account's other orders in the hour before
     "tokens_30d": pl.Int64,  # distinct payment tokens on its orders of the last 30 days
     "hour": pl.Int64,  # UTC hour of the order
+    "express": pl.Int64,  # 1 when shipped express
+    "resale_units": pl.Int64,  # units of resale-friendly categories (rules.RESALE_CATEGORIES)
 }
 _local = (pl.col("hour") + LOCAL_OFFSET_H) % 24
 FEATURES: dict[str, pl.Expr] = {
@@ -41,6 +43,10 @@ FEATURES: dict[str, pl.Expr] = {
     "orders_last_hour": pl.col("orders_last_hour").cast(pl.Float64),
     "tokens_30d": pl.col("tokens_30d").cast(pl.Float64),
     "odd_hour": _local.is_between(1, 5).cast(pl.Float64),
+    "express": pl.col("express").cast(pl.Float64),
+    "resale_share": (
+        pl.col("resale_units").cast(pl.Float64) / pl.col("units").clip(lower_bound=1)
+    ).clip(upper_bound=1.0),
 }
 NAMES = tuple(FEATURES)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serve.models.features import live_matrix
+from serve.models.features import NAMES, live_matrix
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 # Interaction weights of the recommender's history vector (training and live).
@@ -67,9 +67,18 @@ class FraudModel:
         self.block_at = float(self.card["thresholds"]["block"])
         self.session = session(directory / "fraud.onnx", threads)
         self._input = self.session.get_inputs()[0].name
+        # The columns this version was trained on (its card), taken from the features the
+        # code computes: a model trained before a feature was added still loads and scores.
+        names = list(self.card["input"]["features"])
+        unknown = sorted(set(names) - set(NAMES))
+        if unknown:
+            raise ValueError(f"fraud model {self.version} needs unknown features {unknown}")
+        self._columns = [NAMES.index(name) for name in names]
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """P(fraud) for a feature matrix (``features.matrix``)."""
+        """P(fraud) for a feature matrix (``features.matrix``: every feature, in ``NAMES``)."""
+        if x.shape[1] != len(self._columns) or self._columns != list(range(x.shape[1])):
+            x = np.ascontiguousarray(x[:, self._columns])
         out = self.session.run(["probabilities"], {self._input: x})[0]
         return np.asarray(out)[:, 1]
 

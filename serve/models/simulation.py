@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from actors.fraud.rules import RESALE_CATEGORIES
 from cluster.seed import categories, demo_products
 
 SEED = 7
@@ -49,7 +50,7 @@ ORDER_RATE = 0.6
 FOLLOW_COMPLEMENT = 0.5
 HOME = "BR"
 ABROAD = ("US", "AR", "PT", "CN", "NG", "RU", "MX", "DE")
-RESALE = ("electronics", "beauty", "shoes")
+RESALE = RESALE_CATEGORIES
 # Local hour-of-day weights (0..23) of legitimate sessions: quiet nights, evening peak.
 HOUR_WEIGHTS = np.array(
     [3, 2, 1, 1, 1, 1, 2, 4, 6, 7, 8, 8, 9, 8, 7, 7, 8, 9, 11, 13, 14, 13, 10, 6], dtype=float
@@ -138,10 +139,12 @@ def simulate(seed: int = SEED, n_users: int = 6000, n_products: int = 2400) -> S
     orders: list[dict[str, Any]] = []
     session_no = 0
     drop_addresses = [f"drop-{i}" for i in range(25)]
+    resale = [cat.cats.index(c) for c in RESALE]
 
     def order(uid: str, ts: int, lines: dict[int, int], country: str, **kw: Any) -> dict[str, Any]:
         items = list(lines)
         return {
+            "resale_units": sum(q for i, q in lines.items() if int(cat.category[i]) in resale),
             "order_id": f"o{len(orders):06d}",
             "user_id": uid,
             "ts": ts,
@@ -226,7 +229,6 @@ def simulate(seed: int = SEED, n_users: int = 6000, n_products: int = 2400) -> S
                     )
 
     # Planted fraud: 3% of accounts, each a burst of attempts.
-    resale = [cat.cats.index(c) for c in RESALE]
     for f in range(int(n_users * 0.03)):
         uid = f"f{f:04d}"
         takeover = rng.random() < 0.3
@@ -244,7 +246,9 @@ def simulate(seed: int = SEED, n_users: int = 6000, n_products: int = 2400) -> S
         for attempt in range(1 + int(rng.poisson(1.5))):
             ts = first + attempt * int(rng.integers(60, 900))
             session_no += 1
-            c = int(rng.choice(resale))
+            # Mostly resale-friendly goods; a fifth elsewhere (the model must not trust
+            # a non-resale basket blindly).
+            c = int(rng.choice(resale)) if rng.random() < 0.8 else int(rng.integers(len(cat.cats)))
             members = cat.by_cat[c]
             pricey = members[np.argsort(-cat.price[members])][: max(5, len(members) // 5)]
             lines = {}
@@ -288,8 +292,10 @@ def order_facts(orders: pl.DataFrame) -> pl.DataFrame:
 
     The same facts the live adapter reads from PostgreSQL for an order being
     placed: the order's total, units and lines, destination country, the
-    account's age, the account's other orders in the hour before it, and the
-    distinct payment tokens on its orders of the 30 days before it.
+    account's age, the account's other orders in the hour before it, the
+    distinct payment tokens on its orders of the 30 days before it, express
+    shipping, and the units of resale-friendly categories (counted per order
+    from its lines' categories, as the live adapter does from ``products``).
     """
     by_user: dict[str, list[tuple[int, str]]] = {}
     last_hour: list[int] = []
@@ -307,4 +313,6 @@ def order_facts(orders: pl.DataFrame) -> pl.DataFrame:
         orders_last_hour=pl.Series(last_hour, dtype=pl.Int64),
         tokens_30d=pl.Series(tokens, dtype=pl.Int64),
         hour=((pl.col("ts") // 3600) % 24).cast(pl.Int64),
+        express=(pl.col("shipping_method") == "express").cast(pl.Int64),
+        resale_units=pl.col("resale_units").cast(pl.Int64),
     )

@@ -68,7 +68,12 @@ def train_fraud(sim: Simulation, out: Path, version: str) -> dict[str, Any]:
     # Thresholds from the validation shoppers' precision-recall curve.
     xv, yv = fraud_xy(sim, "val")
     _write_json(
-        out / "fraud.card.json", {"version": version, "thresholds": {"review": 1, "block": 1}}
+        out / "fraud.card.json",
+        {
+            "version": version,
+            "input": {"features": list(NAMES)},
+            "thresholds": {"review": 1, "block": 1},
+        },
     )
     pv = FraudModel(out).probabilities(xv)
     precision, recall, threshold = pr_curve(yv, pv)

@@ -1,6 +1,7 @@
 """The fraud model inside checkout: the saga asks FraudScorer (Serve) and acts on its decision."""
 
 import json
+import time
 
 import pytest
 
@@ -55,3 +56,24 @@ async def test_a_normal_small_domestic_order_passes_the_model(http, db):
     assert reply.json()["status"] == "confirmed"
     fraud = await fraud_of(db, shopper["user_id"])
     assert fraud["decision"] == "pass" and fraud["reasons"][0].startswith("model:"), fraud
+
+
+async def test_the_category_of_the_goods_reaches_the_model(http, db):
+    """The same one-unit domestic order by a brand-new account, R$ 4,200 of a resale-friendly
+    category (electronics) vs of another: the live adapter reads the lines' categories from
+    ``products`` and the model holds the first. At odd local hours (01-05, UTC-3) the model
+    flags both, so there only the scores are compared."""
+    screened = {}
+    for category in ("electronics", "test"):
+        shopper = new_shopper(http)
+        sku = await new_product(db, 5, price=420_000, category=category)
+        added = http.post("/v1/cart/items", json={"sku": sku, "quantity": 1}, headers=auth(shopper))
+        assert added.status_code in (200, 201), added.text
+        reply = http.post("/v1/checkout", json=body(), headers={**auth(shopper), **key()})
+        assert reply.status_code in (201, 202, 403), reply.text
+        screened[category] = await fraud_of(db, shopper["user_id"])
+        assert screened[category]["reasons"][0].startswith("model:"), screened[category]
+    assert screened["electronics"]["decision"] in ("review", "block"), screened
+    assert screened["electronics"]["score"] > screened["test"]["score"], screened
+    if time.gmtime().tm_hour not in range(4, 9):
+        assert screened["test"]["decision"] == "pass", screened

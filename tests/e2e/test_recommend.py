@@ -59,6 +59,10 @@ def test_recommendation_routes_refuse_garbage(http):
         assert_problem(http.get("/v1/products/ELE-000001/similar", params=params), 422)
     assert_problem(http.get("/v1/products/NOPE-0000/similar"), 404)
     assert_problem(http.get("/v1/products/" + "X" * 300 + "/similar"), 404)
+    for sku in ("ab%3Cc%3E", "%C3%A9%C3%A9", "a%20b", "..%2F..%2Fetc", "%00"):
+        assert_problem(http.get(f"/v1/products/{sku}/similar"), {404, 422})  # never a 500
+    for params in ({"limit": "1e3"}, {"limit": "\x00"}, [("limit", "5"), ("limit", "abc")]):
+        assert_problem(http.get("/v1/recommendations", params=params), 422)
     assert_problem(
         http.get("/v1/recommendations", headers={"Authorization": "Bearer garbage"}), 401
     )

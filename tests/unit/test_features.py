@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from actors.fraud.rules import RESALE_CATEGORIES
 from cluster.adapters.order_ports import FraudAdapter
 from serve.models.features import NAMES, RAW_SCHEMA, fraud_features, live_matrix, matrix
 from serve.models.simulation import simulate
@@ -34,19 +35,30 @@ def test_features_react_to_the_signals():
         "orders_last_hour": 0,
         "tokens_30d": 1,
         "hour": 15,
+        "express": 0,
+        "resale_units": 0,
     }
     f = lambda **kw: dict(zip(NAMES, live_matrix([{**base, **kw}])[0], strict=True))  # noqa: E731
     assert f()["abroad"] == 0 and f(country="us")["abroad"] == 1
     assert f(hour=6)["odd_hour"] == 1 and f(hour=15)["odd_hour"] == 0  # 03:00 local (UTC-3)
     assert f(account_age_s=60)["log_account_age_h"] < f()["log_account_age_h"]
+    assert f()["express"] == 0 and f(express=1)["express"] == 1
+    assert f()["resale_share"] == 0 and f(units=4, resale_units=1)["resale_share"] == 0.25
 
 
 class _Conn:
-    def __init__(self, created_s, hour, tokens):
-        self.created_s, self.hour, self.tokens = created_s, hour, tokens
+    def __init__(self, created_s, hour, tokens, resale=0):
+        self.created_s, self.hour, self.tokens, self.resale = created_s, hour, tokens, resale
+        self.args = ()
 
     async def fetchrow(self, sql, *args):
-        return {"created": self.created_s, "hour": self.hour, "tokens": self.tokens}
+        self.args = args
+        return {
+            "created": self.created_s,
+            "hour": self.hour,
+            "tokens": self.tokens,
+            "resale": self.resale,
+        }
 
 
 class _Pool:
@@ -70,13 +82,15 @@ class _Pool:
 
 async def test_the_live_adapter_sends_the_raw_facts_the_features_expect():
     now_s = 1_764_000_000
-    pool = _Pool(_Conn(now_s - 120, 2, 3))
+    pool = _Pool(_Conn(now_s - 120, 2, 3, resale=5))
 
     async def open_pool():
         return pool
 
     adapter = FraudAdapter(open_pool, lambda: now_s * 1000, 50, 80)
-    raw = await adapter.facts("o1", "u1", 123_456, (2, 5), "AR")
+    raw = await adapter.facts("o1", "u1", 123_456, (2, 5), "AR", ("BOO-1", "ELE-2"), "express")
+    # The lines and the resale categories go to the one query that counts resale units.
+    assert pool.conn.args == ("u1", "o1", ["BOO-1", "ELE-2"], [2, 5], list(RESALE_CATEGORIES))
     assert set(raw) == set(RAW_SCHEMA)
     assert raw == {
         "total": 123_456,
@@ -88,6 +102,8 @@ async def test_the_live_adapter_sends_the_raw_facts_the_features_expect():
         "orders_last_hour": 2,
         "tokens_30d": 3,
         "hour": now_s // 3600 % 24,
+        "express": 1,
+        "resale_units": 5,
     }
     frame = pl.DataFrame([raw], schema=RAW_SCHEMA)
     np.testing.assert_array_equal(live_matrix([raw]), matrix(fraud_features(frame)))

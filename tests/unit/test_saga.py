@@ -83,6 +83,7 @@ class Fakes:
     decision: str = "pass"
     psp_down: bool = False
     calls: Counter = field(default_factory=Counter)
+    screened: tuple = ()  # (skus, shipping method) the fraud port was last given
 
     # Carts
     async def snapshot(self, cart_id: str) -> CartSnapshot:
@@ -168,8 +169,11 @@ class Fakes:
         return Ack()
 
     # Fraud
-    async def screen(self, order_id, user_id, total, quantities, country) -> Screening:
+    async def screen(
+        self, order_id, user_id, total, quantities, country, skus=(), shipping_method="standard"
+    ) -> Screening:
         self.calls["screen"] += 1
+        self.screened = (skus, shipping_method)
         score = {"pass": 0, "review": 60, "block": 90}[self.decision]
         return Screening(score, self.decision, ("rule",) if score else ())
 
@@ -273,6 +277,14 @@ def test_happy_card_path_confirms_commits_and_clears():
     assert fakes.calls["charge", "o1"] == 1 and fakes.calls["reserve", "o1"] == 1
     assert events == ["payment.processed", "order.confirmed"]
     assert order.totals["total"] == 2 * 1000 + 500 + 1000
+
+
+def test_fraud_screening_sees_the_lines_skus_and_the_shipping_method():
+    fakes = setup()
+    order = new_order(fakes)
+    order.request["shipping_method"] = "express"
+    drive(order, fakes)
+    assert fakes.screened == (("A1", "B1"), "express")
 
 
 def test_pix_waits_with_stock_held_then_the_payment_finishes_it():

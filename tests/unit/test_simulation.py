@@ -38,5 +38,8 @@ def test_planted_fraud_carries_the_real_world_signals(sim):
     assert fraud["account_age_s"].median() < legit["account_age_s"].median() / 100
     assert fraud["tokens_30d"].mean() > legit["tokens_30d"].mean()
     assert fraud["address"].n_unique() < fraud["user_id"].n_unique()  # shared drop addresses
+    assert fraud["express"].mean() > 3 * legit["express"].mean()
+    share = lambda df: (df["resale_units"] / df["units"]).mean()  # noqa: E731
+    assert share(fraud) > 2 * share(legit) and share(fraud) < 1  # mostly, not only, resale
     # The classes overlap: some legitimate orders are new accounts or go abroad.
     assert (legit["account_age_s"] < 3600).sum() > 0 and abroad(legit) > 0
