@@ -9,17 +9,27 @@ the shipped ``.onnx`` files through onnxruntime and prints the metrics; with
 ``--json`` the last line is one JSON object with ``fraud.roc_auc``,
 ``fraud.pr_auc``, ``recommender.recall_at_10`` and
 ``recommender.popularity_recall_at_10``. Exit 1 when a target is missed.
+``swap --dir DIR`` puts another models directory live on the running system
+without a restart (``serve.models.deployments``: every replica reconfigures
+itself); it loads the models here first and refuses (exit 2) ones that do not
+load, then waits until both deployments answer with the new versions.
+``swap`` without ``--dir`` goes back to the default models.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from cluster.cli import connect_ray
+from cluster.settings import get_settings
+from serve.models import deployments
 from serve.models.evaluation import evaluate
 from serve.models.scoring import ARTIFACTS, FraudModel, RecommenderModel
 from serve.models.simulation import SEED, simulate
@@ -47,6 +57,48 @@ def run_evaluate(directory: Path, seed: int) -> dict[str, Any]:
     return {name: dict(part) for name, part in report.items()}
 
 
+def run_swap(directory: Path | None, wait_s: float) -> int:
+    settings = get_settings()
+    target = directory or (Path(settings.models_dir) if settings.models_dir else ARTIFACTS)
+    try:
+        versions = {
+            deployments.FRAUD: FraudModel(target).version,
+            deployments.RECOMMENDER: RecommenderModel(target).version,
+        }
+    except Exception as exc:  # a missing file, a broken graph, an unknown feature
+        print(
+            f"agora models swap: {target} does not load ({exc}); nothing changed", file=sys.stderr
+        )
+        return 2
+    deployments.write_pointer(settings, directory)
+    print(f"serving models from {target}: {json.dumps(versions, sort_keys=True)}")
+    try:
+        connect_ray(settings)
+    except Exception as exc:  # nothing running: the next start loads the pointer's models
+        print(f"no running system reached ({type(exc).__name__}); the next start serves them")
+        return 0
+    return asyncio.run(_until_live(versions, wait_s))
+
+
+async def _until_live(versions: dict[str, str], wait_s: float) -> int:
+    """Call each deployment until ten answers in a row carry its new version."""
+    deadline = time.monotonic() + wait_s
+    for name, version in versions.items():
+        agreeing, answer = 0, ""  # calls land on any replica
+        while agreeing < 10:
+            try:
+                answer = str(await asyncio.wait_for(deployments.handle(name).version.remote(), 5))
+            except Exception as exc:  # the deployment is restarting or down
+                answer = f"{type(exc).__name__}: {exc}"
+            agreeing = agreeing + 1 if answer == version else 0
+            if time.monotonic() > deadline:
+                print(f"{name}: still answering {answer} after {wait_s:.0f}s", file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.1 if agreeing else 0.5)
+        print(f"{name}: {version} live")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agora models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -56,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", type=Path, default=ARTIFACTS, help="artifacts directory")
         p.add_argument("--seed", type=int, default=SEED, help="simulation seed")
     evaluate_.add_argument("--json", action="store_true", help="last line: one JSON object")
+    swap = sub.add_parser("swap", help="serve another models directory, no restart")
+    swap.add_argument("--dir", type=Path, default=None, help="default: the default models")
+    swap.add_argument("--wait", type=float, default=60.0, help="seconds to wait for replicas")
     args = parser.parse_args(argv)
+    if args.action == "swap":
+        return run_swap(args.dir, args.wait)
     if args.action == "train":
         try:
             trainer = importlib.import_module(TRAINER)

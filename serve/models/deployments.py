@@ -7,7 +7,12 @@ the box has 2 cores and the API shares them), batches concurrent calls with
 ``model_min_replicas`` and ``model_max_replicas``. ``reconfigure`` (Serve's
 ``user_config``: ``{"models_dir": ...}``) loads a new model version next to the
 running one and swaps it in: calls in flight finish on the old session, no
-replica restarts. Both are part of the ``agora`` application (``serve.app``);
+replica restarts. ``agora models swap --dir DIR`` is how an operator reaches every
+replica: it writes the directory to ``var/models/current.json`` (the *pointer*),
+and each replica, on a call at most every ``WATCH_S``, sees the pointer changed and
+reconfigures itself in the background; replicas started later load the pointer's
+directory. A version that fails to load is logged and the running one stays.
+Both are part of the ``agora`` application (``serve.app``);
 the checkout saga reaches ``FraudScorer`` by name
 (``cluster.adapters.order_ports.ServeFraudModel``), the recommendations router
 reaches ``Recommender`` by name too.
@@ -16,6 +21,10 @@ reaches ``Recommender`` by name too.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +36,38 @@ from serve.models.scoring import ARTIFACTS, FraudModel, RecommenderModel, compos
 APP_NAME = "agora"
 FRAUD = "FraudScorer"
 RECOMMENDER = "Recommender"
+WATCH_S = 2.0  # how often (at most, on calls) a replica looks at the pointer
+log = logging.getLogger(__name__)
+
+
+def pointer_path(settings: Settings) -> Path:
+    """Where ``agora models swap`` records the models directory every replica serves."""
+    return settings.var_dir / "models" / "current.json"
+
+
+def _pointed(settings: Settings, pointer: Path | None = None) -> str | None:
+    try:
+        chosen = json.loads((pointer or pointer_path(settings)).read_text())["models_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(chosen) if chosen else None
 
 
 def _directory(config: dict[str, Any] | None, settings: Settings) -> Path:
-    chosen = (config or {}).get("models_dir") or settings.models_dir
+    chosen = (config or {}).get("models_dir") or _pointed(settings) or settings.models_dir
     return Path(chosen) if chosen else ARTIFACTS
+
+
+def write_pointer(settings: Settings, directory: Path | None) -> None:
+    """Point every replica at ``directory`` (``None``: back to the default models)."""
+    pointer = pointer_path(settings)
+    if directory is None:
+        pointer.unlink(missing_ok=True)
+        return
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    staged = pointer.with_suffix(".tmp")
+    staged.write_text(json.dumps({"models_dir": str(directory.resolve())}) + "\n")
+    os.replace(staged, pointer)  # replicas never read half a file
 
 
 def autoscaling(settings: Settings) -> dict[str, Any]:
@@ -51,8 +87,43 @@ class _Swappable:
 
     def __init__(self) -> None:
         self.settings = get_settings()
+        self.pointer = pointer_path(self.settings)
+        self._seen = self._pointer_state()
+        self._checked = time.monotonic()
+        self._refreshing: asyncio.Task[None] | None = None
         self.model: Any = self.loader(_directory(None, self.settings), self.settings.model_threads)
         self._configure_batching()
+
+    def _pointer_state(self) -> tuple[str | None, float]:
+        try:
+            mtime = self.pointer.stat().st_mtime
+        except OSError:
+            return None, 0.0
+        return _pointed(self.settings, self.pointer), mtime
+
+    def _watch(self) -> None:
+        """On a call, at most every ``WATCH_S``: reconfigure in the background when the
+        pointer changed (calls go on with the running model meanwhile)."""
+        now = time.monotonic()
+        if now - self._checked < WATCH_S or (self._refreshing and not self._refreshing.done()):
+            return
+        self._checked = now
+        state = self._pointer_state()
+        if state == self._seen:
+            return
+        self._seen = state
+        chosen = state[0] or self.settings.models_dir or str(ARTIFACTS)
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh(chosen))
+
+    async def _refresh(self, directory: str) -> None:
+        try:
+            await self.reconfigure({"models_dir": directory})
+        except Exception:  # a broken version: keep serving the running one
+            log.exception(
+                "models in %s did not load; still serving %s", directory, self.model.version
+            )
+            return
+        log.info("now serving models %s from %s", self.model.version, directory)
 
     def _configure_batching(self) -> None:
         batch: Any = self._batch  # type: ignore[attr-defined]
@@ -68,6 +139,7 @@ class _Swappable:
         self.model = fresh  # calls in flight keep the session they started with
 
     async def version(self) -> str:
+        self._watch()
         return str(self.model.version)
 
 
@@ -87,11 +159,13 @@ class FraudScorer(_Swappable):
 
     async def score(self, facts: dict[str, Any]) -> dict[str, Any]:
         """One order (batched with concurrent calls)."""
+        self._watch()
         result: dict[str, Any] = await self._batch(facts)
         return result
 
     async def score_many(self, facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A batch the caller already formed (one session run)."""
+        self._watch()
         model = self.model
         return [
             {"score": v.score, "decision": v.decision, "version": model.version}
@@ -116,6 +190,7 @@ class Recommender(_Swappable):
 
     async def recommend(self, request: dict[str, Any]) -> list[str]:
         """``{history: {sku: weight}, recent: [sku], exclude: [sku], k}`` -> SKUs, best first."""
+        self._watch()
         result: list[str] = await self._batch(request)
         return result
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -36,6 +37,8 @@ def facts(**kw):
         "orders_last_hour": 0,
         "tokens_30d": 0,
         "hour": 15,
+        "express": 0,
+        "resale_units": 0,
     }
     return {**base, **kw}
 
@@ -63,7 +66,15 @@ def test_the_risky_order_is_blocked_and_a_normal_one_passes(fraud):
     for hour in range(24):
         risky, normal = fraud.score(
             [
-                facts(total=40 * top, units=40, max_units_one_sku=40, country="US", hour=hour),
+                facts(
+                    total=40 * top,
+                    units=40,
+                    max_units_one_sku=40,
+                    country="US",
+                    express=1,
+                    resale_units=40,  # the most expensive product is electronics
+                    hour=hour,
+                ),
                 facts(hour=hour),
             ]
         )
@@ -95,7 +106,7 @@ def test_similar_items_share_sessions(rec):
 
 class _Conn:
     async def fetchrow(self, sql, *args):
-        return {"created": NOW_S - 30, "hour": 0, "tokens": 0}
+        return {"created": NOW_S - 30, "hour": 0, "tokens": 0, "resale": 0}
 
 
 class _Pool:
@@ -194,3 +205,84 @@ async def test_the_port_recovers_when_the_model_comes_up_later(fraud):
     await asyncio.wait_for(a.warm(), 2.0)  # retried with backoff, answered
     later = await a.screen("o2", "u1", 15_490, (1,), "BR")
     assert later.reasons[0] == f"model:{fraud.version}" and a.stats()["ready"]
+
+
+async def test_reconfigure_swaps_the_version_while_calls_keep_being_answered(tmp_path):
+    """``reconfigure`` (Serve's user_config) loads another version beside the running one."""
+    from serve.models.deployments import FraudScorer, Recommender
+    from serve.models.scoring import ARTIFACTS
+
+    for name in ARTIFACTS.iterdir():
+        shutil.copy(name, tmp_path / name.name)
+    for kind in ("fraud", "recommender"):
+        path = tmp_path / f"{kind}.card.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "version": "next"}))
+    scorer, recommender = FraudScorer.func_or_class(), Recommender.func_or_class()
+    shipped = await scorer.version()
+    assert shipped != "next" and await recommender.version() == shipped
+    seen: list[str] = []
+    swapping = True
+
+    async def keep_scoring():
+        while swapping:
+            answers = await scorer.score_many([facts(), facts(country="US")])
+            seen.extend(a["version"] for a in answers)
+            await asyncio.sleep(0)
+
+    caller = asyncio.create_task(keep_scoring())
+    await asyncio.sleep(0.01)
+    await scorer.reconfigure({"models_dir": str(tmp_path)})
+    await recommender.reconfigure({"models_dir": str(tmp_path)})
+    await asyncio.sleep(0.01)
+    swapping = False
+    await caller
+    assert seen[0] == shipped and seen[-1] == "next" and set(seen) == {shipped, "next"}
+    assert await scorer.version() == "next" == await recommender.version()
+    # A version that does not load leaves the running one in place.
+    (tmp_path / "fraud.onnx").write_bytes(b"not a model")
+    with pytest.raises(Exception):  # onnxruntime's own error type
+        await scorer.reconfigure({"models_dir": str(tmp_path)})
+    assert await scorer.version() == "next"
+    assert (await scorer.score_many([facts()]))[0]["decision"] == "pass"
+
+
+async def test_agora_models_swap_reaches_running_replicas_through_the_pointer(
+    tmp_path, monkeypatch
+):
+    """`agora models swap --dir` writes the pointer; each replica, on its next call, loads
+    that version in the background and swaps; a broken version is refused by the command
+    and, written by hand, leaves the running one in place; no --dir goes back."""
+    from cluster.settings import Settings
+    from serve.models import deployments
+    from serve.models.scoring import ARTIFACTS
+
+    settings = Settings(var_dir=tmp_path / "var")
+    monkeypatch.setattr(deployments, "get_settings", lambda: settings)
+    monkeypatch.setattr(cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(cli, "connect_ray", lambda s: (_ for _ in ()).throw(ConnectionError()))
+    monkeypatch.setattr(deployments, "WATCH_S", 0.0)
+    fresh, broken = tmp_path / "v2", tmp_path / "v3"
+    for directory, version in ((fresh, "next"), (broken, "broken")):
+        shutil.copytree(ARTIFACTS, directory)
+        card = directory / "fraud.card.json"
+        card.write_text(json.dumps({**json.loads(card.read_text()), "version": version}))
+    (broken / "fraud.onnx").write_bytes(b"not a model")
+    scorer = deployments.FraudScorer.func_or_class()
+    shipped = await scorer.version()
+
+    async def settled():
+        await scorer.version()  # a call: the replica looks at the pointer
+        if scorer._refreshing:
+            await scorer._refreshing
+        return await scorer.version()
+
+    assert cli.main(["swap", "--dir", str(broken)]) == 2  # refused: nothing written
+    assert not deployments.pointer_path(settings).exists() and await settled() == shipped
+    assert cli.main(["swap", "--dir", str(fresh)]) == 0
+    assert await settled() == "next"
+    assert (await scorer.score_many([facts()]))[0]["version"] == "next"
+    assert deployments.FraudScorer.func_or_class().model.version == "next"  # a new replica
+    deployments.write_pointer(settings, broken)  # behind the command's back
+    assert await settled() == "next"  # logged, and the running version stays
+    assert cli.main(["swap"]) == 0  # back to the default models
+    assert not deployments.pointer_path(settings).exists() and await settled() == shipped
