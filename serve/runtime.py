@@ -82,6 +82,7 @@ class Runtime:
         self._keys_lock = asyncio.Lock()
         self.facets = TTLCache(ttl_s=30.0, max_items=1000)
         self._lock = asyncio.Lock()
+        self._warming: asyncio.Task[None] | None = None
 
     async def ready(self) -> Runtime:
         if self.catalog is not None:
@@ -98,7 +99,14 @@ class Runtime:
                     for spec in (await load_rings(conn)).values():
                         self.directory.adopt(spec.kind, spec.epoch, spec.shards)
             if self.catalog is None:
-                await self._warm_catalog()
+                # One warm-up task, shielded from the request that started it: a request
+                # cancelled meanwhile (a client, or a health probe, hanging up: Serve
+                # cancels its handler) used to cancel the warm-up half way, and the next
+                # request started another, so a catalog whose load takes longer than a
+                # probe's timeout (100,000 products: ~30 s) never became ready.
+                if self._warming is None or self._warming.done():
+                    self._warming = asyncio.get_running_loop().create_task(self._warm_catalog())
+                await asyncio.shield(self._warming)
         return self
 
     async def _warm_catalog(self) -> None:
