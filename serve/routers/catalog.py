@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from collections import OrderedDict
 from typing import Annotated, Any, Literal
@@ -100,8 +101,8 @@ def _decode_cursor(cursor: str | None, sort: str) -> tuple[float, str] | None:
         key, after, made_for = data["key"], data["after"], data["sort"]
         if not isinstance(after, str) or len(after) > 64 or not isinstance(made_for, str):
             raise ValueError
-        if isinstance(key, bool) or not isinstance(key, (int, float)):
-            raise ValueError
+        if isinstance(key, bool) or not isinstance(key, (int, float)) or not math.isfinite(key):
+            raise ValueError  # keys we issue are finite: NaN/Infinity came from elsewhere
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc
     if made_for != sort:

@@ -13,6 +13,7 @@ No ``from __future__ import annotations``: FastAPI must see real annotations.
 import base64
 import binascii
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -29,6 +30,13 @@ from serve.schemas import Input, Sku
 from streams.events import PRODUCT_REVIEWED, make_event, uuid7
 
 router = APIRouter(tags=["reviews"])
+
+
+# What a cursor may resume after: a review id as issued (``str(uuid7())``) and a helpful
+# count within the column's ``integer``; anything else is a cursor we did not issue
+# (before: a NUL in ``after`` or a count over 2**31 reached PostgreSQL as a 500).
+_REVIEW_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_HELPFUL = 2**31 - 1
 
 
 class NewReview(Input):
@@ -54,7 +62,9 @@ def _after(cursor: str | None, sort: str) -> tuple[int, str] | None:
         helpful, after, made_for = data["helpful"], data["after"], data["sort"]
         if isinstance(helpful, bool) or not isinstance(helpful, int) or not isinstance(after, str):
             raise ValueError
-        if len(after) > 64 or not isinstance(made_for, str):
+        if not 0 <= helpful <= MAX_HELPFUL or not _REVIEW_ID.match(after):
+            raise ValueError
+        if not isinstance(made_for, str):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(400, "invalid-cursor", "The cursor is not one this API issued.") from exc

@@ -177,3 +177,24 @@ def test_category_schema_route(http, admin):
     assert_problem(http.get("/v1/admin/categories/shoes/schema"), 401)
     shopper = auth(new_shopper(http))
     assert_problem(http.get("/v1/admin/categories/shoes/schema", headers=shopper), 403)
+
+
+@pytest.mark.parametrize("sku", ["not%20a%20sku", "x" * 200, "%27%3B--", "ELE-000001%0A", "%C3%A7"])
+def test_garbage_skus_are_problems_on_every_product_route(http, admin, sku):
+    for reply in (
+        http.get(f"/v1/products/{sku}"),
+        http.get(f"/v1/products/{sku}/reviews"),
+        http.delete(f"/v1/admin/products/{sku}", headers=admin),
+        http.patch(f"/v1/admin/products/{sku}", json={"name": "x"}, headers=admin),
+    ):
+        assert_problem(reply, {400, 404, 422})
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[]", b'"x"', b"null", b"{", b"{}"])
+def test_bodies_that_are_not_a_product_are_problems(http, admin, content):
+    headers = {**admin, "Content-Type": "application/json"}
+    status = {400} if content in (b"not json", b"{") else {422}  # 400 malformed-json
+    assert_problem(http.post("/v1/admin/products", content=content, headers=headers), status)
+    if content != b"{}":  # an empty PATCH is a valid no-op
+        reply = http.patch("/v1/admin/products/ELE-000001", content=content, headers=headers)
+        assert_problem(reply, status)

@@ -2,6 +2,7 @@
 erasure."""
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -132,3 +133,56 @@ def test_reviews_of_unknown_products_and_garbage_queries(http):
     for params in ({"sort": "best"}, {"limit": 0}, {"cursor": "!!!"}, {"limit": 101}):
         assert_problem(http.get("/v1/products/TOY-000111/reviews", params=params), {400, 422})
     assert_problem(http.get("/v1/products/bad%20sku/reviews"), 422)
+
+
+def _cursor(**fields) -> str:
+    return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": _cursor(sort="newest", helpful=0, after="\u0000")},
+        {"cursor": _cursor(sort="newest", helpful=0, after="x" * 64)},
+        {
+            "cursor": _cursor(sort="helpful", helpful=10**30, after=str(uuid.uuid4())),
+            "sort": "helpful",
+        },
+        {"cursor": _cursor(sort="helpful", helpful=-1, after=str(uuid.uuid4())), "sort": "helpful"},
+        {"cursor": _cursor(sort="newest", helpful=0.5, after=str(uuid.uuid4()))},
+        {"cursor": _cursor(sort="newest", after=str(uuid.uuid4()))},
+        {"cursor": base64.urlsafe_b64encode(b"[1, 2]").decode()},
+    ],
+)
+def test_forged_review_cursors_are_400_never_500(http, params):
+    """Cursors we did not issue (a NUL or a count past PostgreSQL's integer was a 500)."""
+    assert_problem(http.get("/v1/products/TOY-000111/reviews", params=params), 400)
+
+
+def test_hide_garbage_is_a_problem_and_hides_nothing(http):
+    admin = new_admin(http)
+    author = auth(new_shopper(http))
+    made = http.post("/v1/products/TOY-000112/reviews", json=_review(3), headers=author)
+    assert made.status_code == 201, made.text
+    review_id = made.json()["id"]
+    for body in (
+        {},
+        {"reason": ""},
+        {"reason": "no"},
+        {"reason": "x" * 501},
+        {"reason": 12345},
+        {"reason": "spam", "extra": 1},
+        {"reason": "bad\u0000byte"},
+        [],
+        "spam",
+    ):
+        reply = http.post(f"/v1/admin/reviews/{review_id}/hide", json=body, headers=admin)
+        assert_problem(reply, 422)
+    for path in (
+        "/v1/admin/reviews/" + str(uuid.uuid4()) + "/hide",
+        "/v1/admin/reviews/';DROP TABLE reviews;--/hide",
+        "/v1/admin/reviews/" + "x" * 65 + "/hide",
+    ):
+        assert_problem(http.post(path, json={"reason": "spam"}, headers=admin), {404, 422})
+    listed = http.get("/v1/products/TOY-000112/reviews", params={"limit": 100}).json()
+    assert review_id in [r["id"] for r in listed["items"]]

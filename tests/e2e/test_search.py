@@ -95,6 +95,10 @@ def test_a_cursor_from_another_sort_is_a_422(http):
         {"attr.Colour!": "red"},
         {"attr.colour": "x" * 200},
         {"q": "shoes", "cursor": "eyJzb3J0IjoxfQ"},
+        # NaN / Infinity / -Infinity keys (json.loads takes them; we never issue them)
+        {"sort": "price_asc", "cursor": "eyJzb3J0IjoicHJpY2VfYXNjIiwia2V5IjpOYU4sImFmdGVyIjoiQSJ9"},
+        {"sort": "newest", "cursor": "eyJzb3J0IjoibmV3ZXN0Iiwia2V5IjpJbmZpbml0eSwiYWZ0ZXIiOiJBIn0"},
+        {"cursor": "eyJzb3J0IjoicmVsZXZhbmNlIiwia2V5IjotSW5maW5pdHksImFmdGVyIjoiQSJ9"},
     ],
 )
 def test_search_garbage_is_a_problem(http, params):
