@@ -74,6 +74,11 @@ INDEX_REBUILDS = Counter(
     "agora_search_index_rebuilds_total", "Full index rebuilds on request (agora search reindex)"
 )
 INDEX_DOCUMENTS = Gauge("agora_search_index_documents", "Products in this replica's search index")
+INDEX_BUILD_PROGRESS = Gauge(
+    "agora_search_index_build_progress",
+    "Share of the products indexed by this replica's running (or last) full build, 0..1",
+)
+BUILD_CHUNK = 2000  # products indexed between two progress updates
 
 
 def _occurred_s(event: Envelope) -> float | None:
@@ -103,8 +108,14 @@ def search_doc(facts: ProductFacts, signals: Signals | None) -> Doc:
 
 
 def _build_index(docs: list[Doc]) -> SearchIndex:
+    """A new index over ``docs``; progress in ``agora_search_index_build_progress``
+    (what ``agora search reindex`` shows)."""
     index = SearchIndex(capacity=max(1024, len(docs)))
-    index.build(docs)
+    INDEX_BUILD_PROGRESS.set(0.0)
+    for start in range(0, len(docs), BUILD_CHUNK):
+        index.build(docs[start : start + BUILD_CHUNK])
+        INDEX_BUILD_PROGRESS.set(min(start + BUILD_CHUNK, len(docs)) / len(docs))
+    INDEX_BUILD_PROGRESS.set(1.0)
     return index
 
 
@@ -289,6 +300,7 @@ class CatalogState:
 
     async def resync_products(self) -> int:
         """Re-read every product and rebuild the index (after a gap, or a reindex request)."""
+        INDEX_BUILD_PROGRESS.set(0.0)  # reading the catalog is the build's first part
         load = await self.store.load_catalog(self.db, self._now())
         self.products.update(load.products)
         return await self.rebuild_index()
