@@ -7,6 +7,11 @@ cart token's HMAC; else nobody), builds a ``product.viewed`` event and hands
 it to this replica's ``BackgroundPublisher`` (bounded queue, own thread,
 straight to Pulsar; no PostgreSQL, no outbox). Views dropped because the queue
 is full or Pulsar failed are counted in ``agora_product_views_dropped_total``.
+
+A signed-in shopper's view is also noted, without waiting, in this replica's
+``RecentViewBuffer`` (``serve.recent``), which writes it to the shopper's
+recent-views list in Redis within a quarter of a second, so it shapes their
+``GET /v1/recommendations`` (issue 9).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from prometheus_client import Counter
 
 from actors.cart.model import user_cart_id
 from serve.auth.tokens import Claims
+from serve.recent import RecentViewBuffer
 from serve.runtime import Runtime
 from streams.events import PRODUCT_VIEWED, make_event, topic_for
 from streams.publisher import BackgroundPublisher
@@ -35,6 +41,7 @@ VIEWS_DROPPED = Counter(
 )
 
 _publisher: BackgroundPublisher | None = None
+_recent: RecentViewBuffer | None = None
 
 
 def _drop(reason: str) -> None:
@@ -49,6 +56,15 @@ def publisher(rt: Runtime) -> BackgroundPublisher | None:
             rt.urls.pulsar, rt.settings.views_buffer, on_drop=_drop, on_sent=VIEWS.inc
         )
     return _publisher
+
+
+def recent_buffer(rt: Runtime) -> RecentViewBuffer | None:
+    """This replica's recent-views buffer (built on first use), or None without models."""
+    global _recent
+    if _recent is None and rt.settings.models_enabled and rt.redis is not None:
+        s = rt.settings
+        _recent = RecentViewBuffer(rt.redis, s.recommend_recent_s, s.views_buffer)
+    return _recent
 
 
 def visitor(rt: Runtime, request: Request) -> tuple[str | None, str | None]:
@@ -69,12 +85,17 @@ def visitor(rt: Runtime, request: Request) -> tuple[str | None, str | None]:
 
 
 def record_view(rt: Runtime, request: Request, sku: str) -> None:
-    """Offer a ``product.viewed`` event; never raises, never waits."""
+    """Offer a ``product.viewed`` event and note a signed-in view; never raises, never waits."""
     try:
         sink = publisher(rt)
-        if sink is None:
+        recent = recent_buffer(rt)
+        if sink is None and recent is None:
             return
         who, user_id = visitor(rt, request)
+        if user_id is not None and recent is not None:
+            recent.note(user_id, sku)  # for recommendations; no I/O here
+        if sink is None:
+            return
         s = rt.settings
         event = make_event(
             PRODUCT_VIEWED,

@@ -7,9 +7,11 @@ request time (so a change counts on the next call):
 
 - the cart (the caller's, or the anonymous cart of ``X-Cart-Token``): its
   lines are *recent* items and are never recommended;
-- recently viewed products: a signed-in shopper who opens a product page asks
-  for its ``/similar`` items, and that call records the view (a Redis list per
-  shopper, the last ``MAX_RECENT`` views within ``recommend_recent_s``);
+- recently viewed products: a signed-in shopper's ``GET /v1/products/{sku}``
+  notes the view without waiting (``serve.views``), written within a quarter of
+  a second to a Redis list per shopper (``serve.recent``: the last
+  ``MAX_RECENT`` views within ``recommend_recent_s``). ``/similar`` records
+  nothing (the page that asks it was already counted);
 - the shopper's past orders (their lines, from PostgreSQL) as older history.
 
 An anonymous caller with an empty cart gets the popular items (the model's
@@ -20,7 +22,6 @@ FastAPI must see real annotations.
 import asyncio
 import json
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -30,6 +31,7 @@ from actors.cart.model import user_cart_id
 from serve.auth.principal import PUBLIC, MaybeUser
 from serve.models.deployments import RECOMMENDER, handle
 from serve.problems import Problem, unavailable
+from serve.recent import recent_views
 from serve.routers.catalog import product_item, rating_of
 from serve.runtime import Runtime, runtime
 from serve.schemas import Product
@@ -37,7 +39,6 @@ from serve.schemas import Product
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["catalog"])
 
-MAX_RECENT = 20
 HISTORY_ORDERS = 20
 MODEL_TIMEOUT_S = 2.0
 SKU_MAX = 32
@@ -67,31 +68,6 @@ async def _ask(request: dict[str, Any]) -> list[str]:
     except Exception as exc:
         log.warning("recommender unavailable: %s", type(exc).__name__)
         raise unavailable("Recommendations are unavailable; retry shortly.") from exc
-
-
-def _recent_key(user_id: str) -> str:
-    return f"agora:recent-views:{user_id}"
-
-
-async def record_view(rt: Runtime, user_id: str, sku: str) -> None:
-    """Remember that the shopper looked at ``sku`` (newest first, bounded, expiring)."""
-    key = _recent_key(user_id)
-    entry = f"{int(time.time())}:{sku}"
-    async with rt.redis.pipeline(transaction=False) as pipe:
-        pipe.lpush(key, entry).ltrim(key, 0, MAX_RECENT - 1)
-        pipe.expire(key, rt.settings.recommend_recent_s)
-        await pipe.execute()
-
-
-async def recent_views(rt: Runtime, user_id: str) -> list[str]:
-    horizon = time.time() - rt.settings.recommend_recent_s
-    raw = await rt.redis.lrange(_recent_key(user_id), 0, MAX_RECENT - 1)
-    views = []
-    for item in raw:
-        stamp, _, sku = (item.decode() if isinstance(item, bytes) else str(item)).partition(":")
-        if stamp.isdigit() and int(stamp) >= horizon and sku:
-            views.append(sku)
-    return views
 
 
 async def _past_orders(rt: Runtime, user_id: str) -> dict[str, float]:
@@ -167,7 +143,7 @@ async def recommendations(
     recent: list[str] = list(cart)
     if principal is not None:
         history = await _past_orders(rt, principal.user_id)
-        recent += await recent_views(rt, principal.user_id)
+        recent += await recent_views(rt.redis, principal.user_id, rt.settings.recommend_recent_s)
     ranked = await _ask(
         {"history": history, "recent": recent, "exclude": cart, "k": limit + len(cart) + 10}
     )
@@ -181,16 +157,11 @@ async def recommendations(
     responses={404: {"description": "no such product"}, 503: {"description": "unavailable"}},
 )
 async def similar(principal: MaybeUser, sku: str, limit: Limit = 10) -> Any:
-    """Items bought or viewed together with ``sku`` (a signed-in caller's view is recorded)."""
+    """Items bought or viewed together with ``sku`` (records no view: the page does)."""
     rt = await runtime().ready()
     assert rt.catalog is not None
     found = await rt.catalog.product(sku) if len(sku) <= SKU_MAX else None
     if found is None:
         raise Problem(404, "not-found", "No such product.")
-    if principal is not None:
-        try:
-            await record_view(rt, principal.user_id, sku)
-        except Exception as exc:  # recommendations still answer without the view
-            log.warning("could not record a view: %s", type(exc).__name__)
     ranked = await _ask({"history": {sku: 1.0}, "recent": [], "exclude": [sku], "k": limit + 10})
     return await _render(rt, [s for s in ranked if s != sku], limit)

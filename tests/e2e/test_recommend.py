@@ -36,7 +36,7 @@ def test_the_cart_and_recent_views_shape_the_answer_and_cart_items_never_come_ba
     assert in_cart not in with_cart
     assert with_cart != [s for s in anonymous if s != in_cart][:20]  # personalised at once
     viewed = anonymous[-1]
-    skus(http.get(f"/v1/products/{viewed}/similar", headers=auth(shopper)))  # a product page
+    assert http.get(f"/v1/products/{viewed}", headers=auth(shopper)).status_code == 200
     deadline = time.monotonic() + 5
     while True:
         after = skus(http.get("/v1/recommendations", params={"limit": 20}, headers=auth(shopper)))
@@ -74,3 +74,32 @@ def test_recommendation_routes_refuse_garbage(http):
 def test_readiness_includes_the_models(http):
     reply = http.get("/readyz")
     assert reply.status_code == 200, reply.text
+
+
+def test_product_page_views_shape_a_signed_in_shoppers_recommendations(http):
+    shopper = new_shopper(http)
+    mine = {"params": {"limit": 20}, "headers": auth(shopper)}
+    before = http.get("/v1/recommendations", **mine).json()["items"]
+    assert [i["sku"] for i in before] == skus(http.get("/v1/recommendations", params={"limit": 20}))
+    category = "toys"
+    listed = http.get("/v1/products", params={"category": category, "limit": 50})
+    assert listed.status_code == 200, listed.text
+    shown = {i["sku"] for i in before}
+    viewed = [i["sku"] for i in listed.json()["items"] if i["sku"] not in shown][-3:]
+    assert len(viewed) == 3
+    for sku in viewed:  # product pages only: no /similar, no cart
+        page = http.get(f"/v1/products/{sku}", headers=auth(shopper))
+        assert page.status_code == 200 and page.json()["category"] == category
+    related = {s for sku in viewed for s in skus(http.get(f"/v1/products/{sku}/similar"))}
+    in_category = sum(i["category"] == category for i in before)
+    deadline = time.monotonic() + 5
+    while True:
+        after = http.get("/v1/recommendations", **mine).json()["items"]
+        now = sum(i["category"] == category for i in after)
+        if now >= in_category + 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert now >= in_category + 3, (in_category, now)
+    assert related & {i["sku"] for i in after}
+    # Another (anonymous) caller still gets the popular items.
+    assert skus(http.get("/v1/recommendations", params={"limit": 20})) == [i["sku"] for i in before]
