@@ -30,6 +30,7 @@ until they are done (``_change``); the Pix expiry sweep skips orders being hande
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -141,6 +142,7 @@ class OrderShardImpl(ShardShell[Order]):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ring_changed = asyncio.Event()  # set (and replaced) when a handoff begins
         self._changing: dict[str, list[asyncio.Future[None]]] = {}  # see ``_change``
+        self._held: collections.Counter[str] = collections.Counter()  # see ``_hold``
         self.sagas_handed_over = 0  # sagas stopped at a step boundary for their new owner
         self._background: set[asyncio.Task[None]] = set()
         self._random = random.Random()
@@ -188,7 +190,7 @@ class OrderShardImpl(ShardShell[Order]):
         """Never evicted while its saga runs (the task holds the order and writes each step
         through the map), a change awaits a port (``_change``), or it awaits a Pix payment
         (the expiry sweep walks the resident orders): else its next writes would be lost."""
-        if order_id in self._tasks or order_id in self._changing:
+        if order_id in self._tasks or order_id in self._changing or self._held[order_id]:
             return True
         order = self.states.get(order_id)
         return order is not None and order.step == "awaiting"
@@ -214,6 +216,20 @@ class OrderShardImpl(ShardShell[Order]):
         self.sagas_handed_over += len(leaving)
         if leaving or changes:
             await asyncio.wait([*leaving, *changes])
+
+    @contextlib.contextmanager
+    def _hold(self, order_id: str) -> Iterator[None]:
+        """An operation on a resident order that answers its view: resident until it has
+        answered. Its commit leaves the order clean before its saga task starts; evicted
+        there, the saga would run on a copy reloaded from the store while the caller
+        answered its own stale one. A handoff does not wait for it (``_change`` does)."""
+        self._held[order_id] += 1
+        try:
+            yield
+        finally:
+            self._held[order_id] -= 1
+            if not self._held[order_id]:
+                del self._held[order_id]
 
     @contextlib.contextmanager
     def _change(self, order_id: str) -> Iterator[None]:
@@ -408,19 +424,21 @@ class OrderShardImpl(ShardShell[Order]):
     ) -> OrderReply | Rejected:
         """Run (or join, or replay) the saga; answers its view within ``checkout_wait_s``."""
         order = await self.state(order_id)
-        if order.step == "new":
-            await self._persist(
-                order, order.create(user_id, request_hash, request, cart_id, self.clock())
-            )
-        elif order.user_id != user_id:
-            return Rejected("not-found", "No such order.")
-        elif order.request_hash != request_hash:
-            return Rejected(
-                "idempotency-key-reused", "This Idempotency-Key was used with a different request."
-            )
-        if not is_terminal(order):
-            await self._settle(order_id, self.wait_s)
-        return OrderReply(order.view())
+        with self._hold(order_id):
+            if order.step == "new":
+                await self._persist(
+                    order, order.create(user_id, request_hash, request, cart_id, self.clock())
+                )
+            elif order.user_id != user_id:
+                return Rejected("not-found", "No such order.")
+            elif order.request_hash != request_hash:
+                return Rejected(
+                    "idempotency-key-reused",
+                    "This Idempotency-Key was used with a different request.",
+                )
+            if not is_terminal(order):
+                await self._settle(order_id, self.wait_s)
+            return OrderReply(order.view())
 
     async def get(self, order_id: str) -> OrderReply | None:
         """The order's view, or None."""
@@ -456,9 +474,10 @@ class OrderShardImpl(ShardShell[Order]):
         decided = decide_cancel(order, user_id, self.clock())  # no await before this
         if isinstance(decided, Rejected):
             return decided
-        await self._persist(order, decided)
-        await self._settle(order_id, self.wait_s)
-        return OrderReply(order.view())
+        with self._hold(order_id):
+            await self._persist(order, decided)
+            await self._settle(order_id, self.wait_s)
+            return OrderReply(order.view())
 
     async def operate(
         self, order_id: str, action: str, note: str | None = None
@@ -468,9 +487,10 @@ class OrderShardImpl(ShardShell[Order]):
         decided = decide_operation(order, action, note, self.clock())  # no await before this
         if isinstance(decided, Rejected):
             return decided
-        await self._persist(order, decided)
-        await self._settle(order_id, self.wait_s)
-        return OrderReply(order.view())
+        with self._hold(order_id):
+            await self._persist(order, decided)
+            await self._settle(order_id, self.wait_s)
+            return OrderReply(order.view())
 
     async def erase_personal(self, order_id: str) -> None:
         """Drop the shopper's address from the order (GDPR erasure), durably."""

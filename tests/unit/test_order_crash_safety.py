@@ -555,6 +555,36 @@ async def test_an_order_whose_saga_is_between_steps_is_never_evicted(harnesses: 
     assert (await shell.get("o1")).order["status"] == "confirmed"  # type: ignore[union-attr]
 
 
+async def test_an_order_is_not_evicted_between_its_first_commit_and_its_saga(
+    harnesses: Any,
+) -> None:
+    """One resident key at most: another key loads right after the checkout's first durable
+    commit (the order clean, no saga task yet). The order stays resident, so the checkout
+    answers the order its saga finished (before, it was evicted there: the saga ran on a
+    copy reloaded from the store and the checkout answered its own stale copy, ``pending``,
+    for an order that was confirmed)."""
+    world = setup()
+    h = harnesses(world, max_keys=1)
+    shell = h.shell()
+    upsert = h.store.upsert
+    loads: list[asyncio.Task[Any]] = []
+
+    async def upsert_then_load_another(conn: Any, rows: list[tuple[str, Any, int]]) -> None:
+        await upsert(conn, rows)
+        if not loads and any(key == "o1" for key, _doc, _version in rows):
+            # Runs before the checkout resumes from its commit (scheduled earlier).
+            loads.append(asyncio.create_task(shell.get("x1")))
+
+    h.store.upsert = upsert_then_load_another  # type: ignore[method-assign]
+    reply = await asyncio.wait_for(shell.checkout("o1", "u1", "h", CARD, "user:u1"), 5)
+    await asyncio.gather(*loads)
+    assert loads, "the second key was never loaded"
+    assert isinstance(reply, OrderReply) and reply.order["status"] == "confirmed", reply
+    doc = h.store.rows["o1"][0]
+    assert (doc["status"], doc["step"]) == ("confirmed", "done")
+    assert world.calls["charge", "o1"] == 1
+
+
 async def test_an_order_awaiting_its_pix_payment_stays_resident_and_expires(
     harnesses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
