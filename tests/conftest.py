@@ -9,11 +9,14 @@ import asyncio
 import os
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from cluster import infra
+from cluster.db import connect as connect_db
+from cluster.db import migrate as migrate_db
 from cluster.settings import get_settings
 
 # Webhook delivery tests post to a receiver on loopback; production refuses private URLs.
@@ -22,6 +25,23 @@ os.environ.setdefault("AGORA_WEBHOOKS_ALLOW_PRIVATE", "1")
 # Ray reads its auth settings when first imported; test modules import ray.
 infra.ensure_dirs(get_settings())
 os.environ.update(infra.ray_env(get_settings()))
+
+
+@pytest.fixture
+async def private_database(tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a private, migrated PostgreSQL (pgserver) for one test, stopped after it:
+    for tests of our database code that need no running system."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    uri = server.get_uri()
+    conn = await connect_db(uri)
+    try:
+        await migrate_db(conn)
+    finally:
+        await conn.close()
+    yield uri
+    server.cleanup()
 
 
 def _ready(settings) -> bool:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import pgserver
 import pytest
 from web3 import HTTPProvider, Web3
 
@@ -62,16 +61,8 @@ def anvil(tmp_path: Path) -> Iterator[Anvil]:
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[str]:
-    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    uri = server.get_uri()
-    conn = await db.connect(uri)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    yield uri
-    server.cleanup()
+def database(private_database: str) -> str:
+    return private_database
 
 
 def config(database_url: str, rpc_url: str) -> LedgerConfig:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
-import pgserver
 import pytest
 
 from cluster import cli, db, operator_audit
@@ -28,16 +25,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def dsn(tmp_path: Path) -> AsyncIterator[str]:
-    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    uri = server.get_uri()
-    conn = await db.connect(uri)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    yield uri
-    server.cleanup()
+def dsn(private_database: str) -> str:
+    return private_database
 
 
 @pytest.fixture

@@ -17,15 +17,12 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
-from pathlib import Path
 
 import asyncpg
-import pgserver
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from cluster import db
 from cluster.adapters.smtp import SmtpSender
 from cluster.adapters.webhook_delivery import HttpPoster
 from streams.consumers.notifications import queue_mail, send_due
@@ -45,17 +42,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
-    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
-    conn = await db.connect(server.get_uri())
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(dsn=server.get_uri(), min_size=1, max_size=3)
+async def pool(private_database: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(dsn=private_database, min_size=1, max_size=3)
     yield pool
     await pool.close()
-    server.cleanup()
 
 
 class Inbox:
