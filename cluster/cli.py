@@ -526,28 +526,19 @@ async def _create_admin(
             "SELECT user_id FROM users WHERE email = $1 AND erased_at IS NULL", normalised
         )
         if existing:
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE users SET roles ="
-                    " ARRAY(SELECT DISTINCT unnest(roles || ARRAY['admin'])),"
-                    " updated_at = now() WHERE user_id = $1",
-                    existing,
-                )
-                await operator_audit.record_cli_action(
-                    conn,
-                    "role.grant",
-                    existing,
-                    {"role": "admin", "created": False},
-                    tenant=events[0],
-                    namespace=events[1],
-                )
-            return f"promoted {existing} to admin"
-        reason = check_password(password, email=normalised, name=name)
-        if reason:
-            raise SystemExit(f"password refused: {reason}")
-        user_id = str(uuid7())
-        async with conn.transaction():
-            await conn.execute(
+            user_id, done = existing, f"promoted {existing} to admin"
+            statement: tuple[Any, ...] = (
+                "UPDATE users SET roles = ARRAY(SELECT DISTINCT unnest(roles || ARRAY['admin'])),"
+                " updated_at = now() WHERE user_id = $1",
+                existing,
+            )
+        else:
+            reason = check_password(password, email=normalised, name=name)
+            if reason:
+                raise SystemExit(f"password refused: {reason}")
+            user_id = str(uuid7())
+            done = f"created admin {user_id}"
+            statement = (
                 "INSERT INTO users (user_id, email, name, password_hash, roles)"
                 " VALUES ($1, $2, $3, $4, ARRAY['shopper', 'admin'])",
                 user_id,
@@ -555,15 +546,17 @@ async def _create_admin(
                 name,
                 PasswordHasher().hash(password),
             )
+        async with conn.transaction():
+            await conn.execute(*statement)
             await operator_audit.record_cli_action(
                 conn,
                 "role.grant",
                 user_id,
-                {"role": "admin", "created": True},
+                {"role": "admin", "created": not existing},
                 tenant=events[0],
                 namespace=events[1],
             )
-        return f"created admin {user_id}"
+        return done
     finally:
         await conn.close()
 
