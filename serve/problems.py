@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ from actors.clients import ShardMoved
 from actors.messages import Rejected
 from actors.shard import HandoffPending
 
+LOG = logging.getLogger("agora.problems")
 PROBLEM_BASE = "https://agora.example/problems/"
 MEDIA_TYPE = "application/problem+json"
 
@@ -131,6 +133,15 @@ def is_unavailable(exc: BaseException | None) -> bool:
     return False
 
 
+def causes(exc: BaseException | None) -> str:
+    """The class names of ``exc`` and what caused it (no messages: they may hold data)."""
+    names: list[str] = []
+    while exc is not None and len(names) < 8:
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(names)
+
+
 def unavailable(detail: str = "A service we depend on is unavailable; retry shortly.") -> Problem:
     """A 503 telling the client when to retry."""
     return Problem(503, "unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -200,7 +211,8 @@ def install(app: FastAPI) -> None:
             detail = "This method is not allowed on this resource."
         return problem_response(exc.status_code, None, detail, getattr(exc, "headers", None))
 
-    async def _unavailable(request: Request, _exc: Exception) -> JSONResponse:
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        _log_unavailable(request, exc)
         return await _problem(request, unavailable())
 
     for kind in UNAVAILABLE:
@@ -209,8 +221,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if is_unavailable(exc):
+            _log_unavailable(request, exc)
             return await _problem(request, unavailable())
         return problem_response(500, "internal", "Something went wrong on our side.")
+
+
+def _log_unavailable(request: Request, exc: BaseException) -> None:
+    """Say which dependency failed a request with a 503 (the client only sees "retry")."""
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    LOG.warning("503 on %s %s: %s", request.method, route, causes(exc))
 
 
 async def actor_call(ref: Any, what: str = "This service") -> Any:
