@@ -17,7 +17,11 @@ Held per replica (one copy per process):
     built at start-up; every ``product.created/updated/deleted/reviewed``
     event re-reads that one product in the background and replaces (or
     removes) it, so an edit is searchable within the event's delivery time;
-    the lag is in ``/metrics`` (``agora_search_index_lag_seconds``).
+    the lag is in ``/metrics`` (``agora_search_index_lag_seconds``). Units
+    sold follow orders: every ``order.confirmed/cancelled/refunded`` event
+    queues its order, and one background query per window
+    (``POPULARITY_WINDOW_S``, longer when the query is slow) re-reads the units
+    sold of every SKU in the queued orders' lines.
 
 Usage counts of coupons are not held: the cart shows a coupon as applicable
 from its definition; applying a code reads the counts, and checkout redeems
@@ -32,6 +36,7 @@ import calendar
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -43,7 +48,11 @@ from cluster.adapters.catalog_search import Signals
 from cluster.adapters.pricing_store import DEFAULT_WEIGHT_G, ProductFacts, Tables
 from serve.search.index import Doc, SearchIndex
 from streams.events import (
+    EVENT_TYPES,
     INVENTORY_CHANGED,
+    ORDER_CANCELLED,
+    ORDER_CONFIRMED,
+    ORDER_REFUNDED,
     PRICING_CHANGED,
     PRODUCT_CREATED,
     PRODUCT_DELETED,
@@ -58,10 +67,20 @@ log = logging.getLogger(__name__)
 REFRESH_S = 300.0
 MISSING_TTL_S = 2.0
 RESYNC_DELAY_S = 1.0
-TOPIC_EVENTS = (PRICING_CHANGED, PRODUCT_UPDATED, INVENTORY_CHANGED)
+# One event type per topic a replica follows (pricing, catalog, inventory, orders).
+TOPIC_EVENTS = (PRICING_CHANGED, PRODUCT_UPDATED, INVENTORY_CHANGED, ORDER_CONFIRMED)
 PRODUCT_EVENTS = frozenset(
     e.name for e in (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_DELETED, PRODUCT_REVIEWED)
 )
+# An order's units start or stop counting as sold (confirmed/shipped orders count;
+# shipping keeps them counted, so ``order.shipped`` changes nothing).
+SOLD_EVENTS = frozenset(e.name for e in (ORDER_CONFIRMED, ORDER_CANCELLED, ORDER_REFUNDED))
+ORDER_TOPIC_EVENTS = frozenset(
+    name for name, kind in EVENT_TYPES.items() if kind.domain == ORDER_CONFIRMED.domain
+)
+POPULARITY_WINDOW_S = 0.5  # order events within a window share one query
+POPULARITY_COST_RATIO = 10.0  # ...and a window lasts at least 10x that query's time
+POPULARITY_RETRY_MAX_S = 10.0
 
 INDEX_LAG = Gauge(
     "agora_search_index_lag_seconds",
@@ -72,6 +91,10 @@ INDEX_UPDATES = Counter(
 )
 INDEX_REBUILDS = Counter(
     "agora_search_index_rebuilds_total", "Full index rebuilds on request (agora search reindex)"
+)
+POPULARITY_READS = Counter(
+    "agora_search_popularity_reads_total",
+    "Queries re-reading units sold for the SKUs of orders confirmed, cancelled or refunded",
 )
 INDEX_DOCUMENTS = Gauge("agora_search_index_documents", "Products in this replica's search index")
 INDEX_BUILD_PROGRESS = Gauge(
@@ -138,6 +161,13 @@ class CatalogState:
         self._product_loads: dict[str, int] = {}
         self._touched: set[str] | None = None  # SKUs re-read while a rebuild runs
         self._resync_pending = False
+        self._sold_orders: set[str] = set()  # named by order events, not re-read yet
+        self._sales_reader: asyncio.Task[None] | None = None
+        self._sales_read_after = 0.0  # monotonic time the next sales query may start
+        self._reads = 0  # numbers signal reads in the order they start
+        # SKU -> (read number, units sold) of the newest read applied since the last build's:
+        # an older read landing later never overwrites it, and a new index takes it over.
+        self._sold: dict[str, tuple[int, float]] = {}
         self.clock = clock
         self.tables = Tables()
         self.coupons: dict[str, Coupon] = {}
@@ -174,24 +204,32 @@ class CatalogState:
 
     async def rebuild_index(self) -> int:
         """Index every held product that is not retired (start-up, reindex); returns the count."""
-        try:
-            signals = await self.search_store.load_signals(self.db)
-        except Exception as exc:  # text search still works; sorts by signals wait for a resync
-            log.warning("search signals load failed: %s", exc)
-            signals = {}
-        retired = {sku for sku, s in signals.items() if s.retired}
-        docs = [
-            search_doc(facts, signals.get(sku))
-            for sku, facts in self.products.items()
-            if sku not in retired
-        ]
-        # Built off the loop (pure Python, so it shares the GIL, but requests interleave).
+        # Products re-read from the signals read on are re-read again into the new index:
+        # the read below may predate their change.
         self._touched = set()
+        number = self._read_number()
         try:
+            try:
+                signals = await self.search_store.load_signals(self.db)
+            except Exception as exc:  # text search still works; sorts by signals wait a resync
+                log.warning("search signals load failed: %s", exc)
+                signals = {}
+            retired = {sku for sku, s in signals.items() if s.retired}
+            docs = [
+                search_doc(facts, signals.get(sku))
+                for sku, facts in self.products.items()
+                if sku not in retired
+            ]
+            # Built off the loop (pure Python, so it shares the GIL, but requests interleave).
             index = await asyncio.get_running_loop().run_in_executor(None, _build_index, docs)
         finally:
-            touched, self._touched = self._touched, None
+            touched, self._touched = self._touched or set(), None
         self.index, self.retired = index, retired
+        for sku, (read, units) in list(self._sold.items()):
+            if read > number:  # a sale re-read after the build's read: the new index has it
+                index.set_popularity(sku, units)
+            else:
+                del self._sold[sku]
         for sku in touched:  # changed while the new index was built from the older snapshot
             self._background(self._refresh_quietly(sku, None))
         self.index_generation += 1  # response caches key on (generation, index.version)
@@ -207,6 +245,7 @@ class CatalogState:
         ticket = self._product_loads.get(sku, 0) + 1
         self._product_loads[sku] = ticket
         found = await self.store.load_product(self.db, sku)
+        number = self._read_number()
         signals = (await self.search_store.load_signals(self.db, [sku])).get(sku)
         if self._product_loads.get(sku) != ticket:
             return
@@ -223,7 +262,8 @@ class CatalogState:
             self.products[sku] = facts
             self.available.setdefault(sku, units)
             self.retired.discard(sku)
-            self.index.upsert(search_doc(facts, signals))
+            sold = self._newest_sales(sku, number, signals.popularity)
+            self.index.upsert(search_doc(facts, replace(signals, popularity=sold)))
         self._missing.pop(sku, None)
         INDEX_UPDATES.inc()
         INDEX_DOCUMENTS.set(len(self.index))
@@ -236,6 +276,60 @@ class CatalogState:
         except Exception as exc:  # the next event, gap or reindex brings it back
             self._product_loads.pop(sku, None)
             log.warning("product refresh of %s failed: %s", sku, exc)
+
+    def _read_number(self) -> int:
+        self._reads += 1
+        return self._reads
+
+    def _newest_sales(self, sku: str, number: int, units: float) -> float:
+        """Units sold to index for ``sku``: read ``number``'s, unless a read started later
+        has already been applied (reads overlap, and land in any order)."""
+        held = self._sold.get(sku)
+        if held is not None and held[0] > number:
+            return held[1]
+        self._sold[sku] = (number, units)
+        return units
+
+    async def refresh_popularity(self, orders: Sequence[str]) -> int:
+        """Re-read units sold of every SKU in ``orders``' lines into the index (one query);
+        returns how many SKUs changed.
+
+        Units are re-read, never added, so an event seen twice, or an order the start-up
+        load already counted, counts once.
+        """
+        number = self._read_number()
+        sold = await self.search_store.load_popularity(self.db, orders)
+        POPULARITY_READS.inc()
+        changed = 0
+        for sku, units in sold.items():
+            changed += self.index.set_popularity(sku, self._newest_sales(sku, number, units))
+        return changed
+
+    def _follow_sales(self) -> None:
+        """One reader of the queued orders' sales at a time (started by an order event)."""
+        if self._sales_reader is None or self._sales_reader.done():
+            self._sales_reader = asyncio.get_running_loop().create_task(self._read_sales())
+
+    async def _read_sales(self) -> None:
+        failures = 0
+        while self._sold_orders:
+            # Events arriving meanwhile join this query; a slow query spaces the next ones.
+            wait = max(POPULARITY_WINDOW_S, self._sales_read_after - time.monotonic())
+            await asyncio.sleep(wait)
+            orders, self._sold_orders = self._sold_orders, set()
+            started = time.monotonic()
+            try:
+                await self.refresh_popularity(sorted(orders))
+            except Exception as exc:  # kept for the next try (a gap or reindex heals too)
+                failures += 1
+                self._sold_orders |= orders
+                backoff = min(POPULARITY_RETRY_MAX_S, POPULARITY_WINDOW_S * 2**failures)
+                self._sales_read_after = time.monotonic() + backoff
+                log.warning("units sold re-read of %d orders failed: %s", len(orders), exc)
+                continue
+            failures = 0
+            cost = time.monotonic() - started
+            self._sales_read_after = started + POPULARITY_COST_RATIO * cost
 
     async def reload_pricing(self) -> None:
         """Reload tables and coupons; calls that overlap share one load started after them."""
@@ -273,6 +367,13 @@ class CatalogState:
 
     def on_event(self, event: Envelope) -> None:
         """Apply one event (on the replica's loop); nothing here waits."""
+        if event.type in ORDER_TOPIC_EVENTS:
+            # Not counted in ``events``, a key of cached list bodies: only units sold
+            # show, and they move the index version when they change.
+            if event.type in SOLD_EVENTS:
+                self._sold_orders.add(event.key)
+                self._follow_sales()
+            return
         self.events += 1
         if event.type == INVENTORY_CHANGED.name:
             available = event.payload.get("available")

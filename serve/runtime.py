@@ -72,6 +72,7 @@ class Runtime:
         self.carts = CartClient(self.directory)
         self.shards = ShardOps(self.directory)
         self.catalog: CatalogState | None = None
+        self._filling: CatalogState | None = None  # being warmed: events reach it already
         self.follower: Follower | None = None
         self.tokens: CartTokens | None = None
         self.limiter: Any = None
@@ -111,7 +112,7 @@ class Runtime:
 
     async def _warm_catalog(self) -> None:
         """Readers on the catalog's topics first, then the start-up load from PostgreSQL."""
-        catalog = CatalogState(self.pool)
+        catalog = self._filling = CatalogState(self.pool)
         if self.follower is None:
             s = self.settings
             topics = sorted(
@@ -124,13 +125,18 @@ class Runtime:
         await catalog.warm()
         self.catalog = catalog
 
+    # Events seen while the catalog warms are applied to it (they may be newer than its
+    # load); dropping them lost, until the next event naming it, a product edited, an
+    # order confirmed or stock moved during the warm-up (seconds; ~30 s at 100k products).
     def _on_event(self, event: Any) -> None:
-        if self.catalog is not None:
-            self.catalog.on_event(event)
+        catalog = self.catalog or self._filling
+        if catalog is not None:
+            catalog.on_event(event)
 
     def _on_gap(self) -> None:
-        if self.catalog is not None:
-            self.catalog.on_gap()
+        catalog = self.catalog or self._filling
+        if catalog is not None:
+            catalog.on_gap()
 
     async def keys(self, force: bool = False) -> Runtime:
         """Signing and verification keys, reloaded every ``signing_key_cache_s``."""

@@ -4,7 +4,9 @@ The text of a product comes from ``pricing_store`` (the replica's product
 facts); this adds what search needs besides: when it was created, whether it
 is retired, its visible reviews' average and count, and units sold in
 confirmed orders (popularity). Loaded in bulk at start-up and on a refresh,
-and per SKU when a ``product.*`` event names it. ``db`` is a pool or connection.
+and per SKU when a ``product.*`` event names it; popularity alone for the SKUs
+of the orders an ``order.confirmed/cancelled/refunded`` event names (one query
+for a window of such events). ``db`` is a pool or connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ _SIGNALS = """
       LEFT JOIN (SELECT line->>'sku' AS sku, sum((line->>'quantity')::bigint) AS units
                    FROM orders, jsonb_array_elements(data->'lines') AS line
                   WHERE status = ANY($1::text[]) GROUP BY 1) s USING (sku)
+"""
+
+
+# Units sold of every SKU in the lines of orders $2: each answers, 0 when none of its
+# units count as sold (the order was cancelled, say).
+_POPULARITY = """
+    WITH named AS (
+        SELECT DISTINCT line->>'sku' AS sku
+          FROM orders, jsonb_array_elements(data->'lines') AS line
+         WHERE order_id = ANY($2::text[])
+    )
+    SELECT named.sku, COALESCE(sum((line->>'quantity')::bigint), 0)::float8 AS popularity
+      FROM named
+      LEFT JOIN (orders CROSS JOIN jsonb_array_elements(data->'lines') AS line)
+        ON line->>'sku' = named.sku AND orders.status = ANY($1::text[])
+     GROUP BY named.sku
 """
 
 
@@ -57,3 +75,11 @@ async def load_signals(db: Any, skus: Sequence[str] | None = None) -> dict[str, 
             _SIGNALS + " WHERE p.sku = ANY($2::text[])", list(SOLD_STATUSES), list(skus)
         )
     return {row["sku"]: _signals(row) for row in rows}
+
+
+async def load_popularity(db: Any, orders: Sequence[str]) -> dict[str, float]:
+    """Units sold (popularity) of every SKU in the lines of ``orders``."""
+    if not orders:
+        return {}
+    rows = await db.fetch(_POPULARITY, list(SOLD_STATUSES), list(orders))
+    return {row["sku"]: float(row["popularity"]) for row in rows}

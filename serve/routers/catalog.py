@@ -181,7 +181,8 @@ async def list_products(
     """Search and browse: full text ``q`` (typo tolerant, pt and en), ``category``,
     price range, ``attr.<name>=<value>`` filters, six sorts, keyset cursor; with facets
     (``category``, ``price`` bands, ``attr.<name>``) counted as the list would answer
-    each value. Without ``q``, ``relevance`` is SKU order."""
+    each value. Without ``q``, ``relevance`` is SKU order; ``popularity`` is units sold in
+    confirmed and shipped orders, following orders within seconds."""
     catalog = await _catalog()
     attributes = _attribute_filters(request)
     after = _decode_cursor(cursor, sort)

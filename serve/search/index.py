@@ -274,6 +274,16 @@ class SearchIndex:
             self.popularity[slot] = popularity
         self.version += 1
 
+    def set_popularity(self, sku: str, popularity: float) -> bool:
+        """Units sold of an indexed product; whether it changed (only a change moves
+        ``version``, so a repeated value keeps response caches)."""
+        slot = self.slot_of.get(sku)
+        if slot is None or self.popularity[slot] == popularity:
+            return False
+        self.popularity[slot] = popularity
+        self.version += 1
+        return True
+
     def rating_of(self, sku: str) -> tuple[float, int]:
         """(average stars, count of visible reviews) as indexed; (0.0, 0) if not indexed."""
         slot = self.slot_of.get(sku)

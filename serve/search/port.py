@@ -10,7 +10,8 @@ The contract, which tests/unit/test_search_index.py holds the in-process
 engine to and an adapter would have to pass too:
 
 * writes come from ``serve.catalog_state``, which re-reads a product on each
-  of its ``product.*`` events and calls ``upsert``/``remove``/``set_signals``
+  of its ``product.*`` events and calls ``upsert``/``remove``/``set_signals``,
+  and re-reads units sold on order events and calls ``set_popularity``
   (idempotent: each carries the whole current state); ``build`` loads a
   full catalog; ``version`` moves on every write, so response caches keyed on
   it are never stale;
@@ -48,6 +49,8 @@ class SearchEngine(Protocol):
     def set_signals(
         self, sku: str, *, rating: float, rating_count: int, popularity: float | None = None
     ) -> None: ...
+
+    def set_popularity(self, sku: str, popularity: float) -> bool: ...
 
     def parse(self, q: str) -> Query: ...
 

@@ -1,4 +1,5 @@
-"""A replica's catalog warm-up survives the request that started it being cancelled."""
+"""A replica's catalog warm-up survives the request that started it being cancelled,
+and the events its readers see meanwhile reach the catalog being warmed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import pytest
 
 from cluster.settings import Settings
+from serve import runtime
 from serve.runtime import Runtime
 
 
@@ -62,3 +64,38 @@ async def test_concurrent_requests_share_one_warm_up_and_a_failed_one_is_retried
         with pytest.raises(OSError):
             await failing.ready()
     assert len(calls) == 2  # the next request tries again
+
+
+class _Catalog:
+    """Stands in for ``CatalogState``: its warm-up waits for ``loaded``."""
+
+    def __init__(self, _db: object) -> None:
+        self.loaded = asyncio.Event()
+        self.events: list[str] = []
+        self.gaps = 0
+
+    async def warm(self) -> None:
+        await self.loaded.wait()
+
+    def on_event(self, event: str) -> None:
+        self.events.append(event)
+
+    def on_gap(self) -> None:
+        self.gaps += 1
+
+
+async def test_events_seen_during_the_warm_up_reach_the_catalog_being_warmed(monkeypatch):
+    monkeypatch.setattr(runtime, "CatalogState", _Catalog)
+    rt = Runtime(Settings())
+    rt.pool = object()
+    rt.follower = object()  # type: ignore[assignment]  # readers started already
+    ready = asyncio.create_task(rt.ready())
+    await asyncio.sleep(0.05)
+    rt._on_event("order.confirmed")
+    rt._on_gap()
+    warming = rt._filling
+    assert isinstance(warming, _Catalog) and rt.catalog is None
+    warming.loaded.set()
+    assert await asyncio.wait_for(ready, 2.0) is rt and rt.catalog is warming
+    rt._on_event("product.updated")
+    assert warming.events == ["order.confirmed", "product.updated"] and warming.gaps == 1
